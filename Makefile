@@ -1,0 +1,32 @@
+# posecore: `make train` sets up and trains the quickstart; `make test` sets up and runs every test.
+# The set-up is one virtual environment (.venv) with the core and the four plugins installed from this
+# checkout. TORCH pins the CPU build found on this kind of machine; on a GPU machine use e.g.
+# `make setup TORCH=torch` to take the CUDA build from the index.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PLUGINS := plugins/amp plugins/resume plugins/seed plugins/tensorboard
+BIN := $(VENV)/bin
+
+.PHONY: setup train test bench reference
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test]" $(addprefix -e ,$(PLUGINS))
+	touch $@
+
+train: setup
+	$(BIN)/posecore train examples/quickstart.toml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/overhead.py
+
+reference: setup
+	$(BIN)/posecore config --reference > docs/config.md

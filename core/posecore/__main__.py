@@ -1,0 +1,3 @@
+from posecore.cli import main
+
+main()

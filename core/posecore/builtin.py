@@ -1,0 +1,56 @@
+"""The core's own hook implementations, registered like any plugin (under the name ``core``).
+
+They run last (``trylast``), so a plugin's implementation of a first-result-wins hook replaces them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from posecore import hookimpl
+from posecore.errors import ConfigError
+from posecore.schema import CORE_SCHEMA
+from posecore.vis import LocalVisBackend
+
+if TYPE_CHECKING:
+    import torch
+
+    from posecore.run import Run
+
+
+@hookimpl
+def config_schema() -> dict[str, Any]:
+    return CORE_SCHEMA
+
+
+@hookimpl
+def vis_backends() -> dict[str, type]:
+    return {"LocalVisBackend": LocalVisBackend}
+
+
+@hookimpl(trylast=True)
+def configure(config: dict[str, Any]) -> None:
+    train = config["train"]
+    if ("max_iters" in train) == ("max_epochs" in train):
+        raise ConfigError("set exactly one of train.max_iters and train.max_epochs")
+    codec = config["codec"]
+    if any(i % h for i, h in zip(codec["input_size"], codec["heatmap_size"])):
+        raise ConfigError(f"codec.input_size {codec['input_size']} must be a multiple of codec.heatmap_size "
+                          f"{codec['heatmap_size']}")
+
+
+@hookimpl(trylast=True)
+def before_train(run: Run) -> None:
+    """``load_from`` without resuming: initialise the model's weights, start at iteration 0."""
+    if run.config.get("load_from") and run.last_checkpoint is None:
+        run.load_weights(run.config["load_from"])
+
+
+@hookimpl(trylast=True)
+def backward_step(run: Run, loss: torch.Tensor) -> bool:
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.clip_gradients()
+    run.optimizer.step()
+    run.optimizer_steps += 1
+    return True

@@ -1,0 +1,183 @@
+"""The ``posecore`` command. Imports nothing heavy at module level, so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+
+from posecore import __version__
+from posecore.errors import PosecoreError, StopRun
+
+EXAMPLES = """
+\b
+Examples:
+  posecore train examples/quickstart.toml
+  posecore train run.toml --amp --cfg-options randomness.seed=2023 train.max_iters=500
+  posecore train run.toml --resume                  # continue from the latest checkpoint
+  posecore train run.toml --plugin no:tensorboard   # block an installed plugin
+  posecore config run.toml --cfg-options optim.lr=1e-3
+  posecore plugins --config run.toml
+"""
+
+
+@click.group(epilog=EXAMPLES)
+@click.version_option(__version__, prog_name="posecore")
+def cli() -> None:
+    """posecore: train top-down heatmap pose models from TOML configs, extended by plugins.
+
+    Exit codes: 0 success, 2 bad input (config, CLI, checkpoint, data), 1 other failures,
+    128+N stopped by signal N after saving a checkpoint (130 Ctrl-C, 143 SIGTERM).
+    """
+
+
+def _config_options(command: Any) -> Any:
+    command = click.option("--plugin", "plugins", multiple=True, metavar="NAME",
+                           help="Activate an installed plugin; no:NAME blocks one. Repeatable.")(command)
+    command = click.option("--cfg-options", "cfg_options", multiple=True, metavar="KEY=VALUE ...",
+                           help="Override config keys, e.g. randomness.seed=2023 train.max_iters=500 "
+                                "(several pairs after one flag; values parse as TOML, True/False/None too).")(command)
+    return command
+
+
+@cli.command(epilog=EXAMPLES)
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where checkpoints and run folders go (default: work_dirs/<config stem>).")
+@click.option("--resume", is_flag=False, flag_value="auto", default=None, metavar="[PATH]",
+              help="Continue from the latest checkpoint in the work dir, or from PATH (posecore-resume).")
+@click.option("--amp", is_flag=True, help="Automatic mixed precision (posecore-amp); same as amp.enabled=true.")
+@_config_options
+def train(config: Path, work_dir: Path | None, resume: str | None, amp: bool, plugins: tuple[str, ...],
+          cfg_options: tuple[str, ...]) -> None:
+    """Train the model CONFIG describes."""
+    from posecore.plugins import load_config
+    from posecore.run import Run, train as run_training
+
+    overrides = list(cfg_options)
+    if work_dir is not None:
+        overrides.append(f"work_dir={json.dumps(str(work_dir))}")
+    if amp:
+        overrides.append("amp.enabled=true")
+    if resume is not None:
+        overrides.append("resume=true")
+        if resume != "auto":
+            overrides.append(f"load_from={json.dumps(resume)}")
+    settings, plugin_set = load_config(config, overrides, plugins)
+    run = Run(settings, plugin_set)
+    try:
+        run_training(run)
+    except PosecoreError:
+        raise
+    except Exception as err:
+        where = plugin_set.blame(err)
+        log = run.run_dir / f"{run.run_dir.name}.log"
+        raise PosecoreError(f"{where + ': ' if where else ''}{type(err).__name__}: {err} "
+                            f"(traceback in {log})") from err
+
+
+@cli.command(epilog=EXAMPLES)
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--reference", is_flag=True, help="Print the Markdown reference of every key instead.")
+@_config_options
+def config(config: Path | None, reference: bool, plugins: tuple[str, ...], cfg_options: tuple[str, ...]) -> None:
+    """Print the merged, validated CONFIG with every default, as TOML."""
+    from posecore import config as config_module
+    from posecore.plugins import call_each, core_plugin, discover, new_manager
+
+    if reference:
+        pm = new_manager()
+        for plugin in [core_plugin()] + discover():
+            pm.register(plugin.module, name=plugin.name)
+        click.echo(config_module.reference(call_each(pm, "config_schema")))
+        return
+    if config is None:
+        raise click.UsageError("missing CONFIG (or --reference)")
+    from posecore.plugins import load_config
+
+    settings, _ = load_config(config, list(cfg_options), plugins)
+    click.echo(config_module.dumps(settings), nl=False)
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also say which plugins this config activates.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_config_options
+def plugins(config_path: Path | None, as_json: bool, plugins: tuple[str, ...], cfg_options: tuple[str, ...]) -> None:
+    """List installed plugins: name, distribution, version, hooks, and whether active."""
+    from posecore.plugins import discover, load_config, new_manager
+
+    installed = discover()
+    active = None
+    if config_path is not None:
+        _, plugin_set = load_config(config_path, list(cfg_options), plugins)
+        active = {p.name for p in plugin_set.active}
+    rows = []
+    for plugin in sorted(installed, key=lambda p: p.name):
+        pm = new_manager()
+        pm.register(plugin.module, name=plugin.name)
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin.module) or [])
+        rows.append({"name": plugin.name, "distribution": plugin.dist, "version": plugin.version, "hooks": hooks,
+                     "active": None if active is None else plugin.name in active})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no plugins installed (pip install posecore-amp, posecore-seed, ...)")
+        return
+    state = {None: "-", True: "yes", False: "no"}
+    table = [("NAME", "DISTRIBUTION", "VERSION", "ACTIVE", "HOOKS")] + [
+        (r["name"], r["distribution"], r["version"], state[r["active"]], ", ".join(r["hooks"])) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+
+
+def expand_cfg_options(argv: Sequence[str]) -> list[str]:
+    """Let ``--cfg-options`` take several KEY=VALUE pairs, as MMEngine users type them."""
+    out: list[str] = []
+    taking = False
+    for arg in argv:
+        if arg == "--cfg-options":
+            taking = True
+            continue
+        if taking and not arg.startswith("-") and "=" in arg:
+            out += ["--cfg-options", arg]
+            continue
+        taking = False
+        out.append(arg)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: one clear line and an exit code for every failure (POSECORE_DEBUG=1 adds tracebacks)."""
+    args = expand_cfg_options(sys.argv[1:] if argv is None else argv)
+    try:
+        cli.main(args=args, prog_name="posecore", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(2 if isinstance(err, click.UsageError) else 1)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("posecore: interrupted", err=True)
+        sys.exit(130)
+    except StopRun as stop:
+        click.echo(f"posecore: {stop}", err=True)
+        sys.exit(stop.exit_code)
+    except PosecoreError as err:
+        if os.environ.get("POSECORE_DEBUG"):
+            traceback.print_exc()
+        click.echo(f"posecore: error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except Exception as err:
+        if os.environ.get("POSECORE_DEBUG"):
+            traceback.print_exc()
+        click.echo(f"posecore: error: {type(err).__name__}: {err} (POSECORE_DEBUG=1 shows the traceback)", err=True)
+        sys.exit(1)

@@ -1,0 +1,268 @@
+"""TOML configs: read, override, validate against one schema, dump.
+
+The schema is the single source of truth for keys, types, defaults, validation and the reference page
+(``posecore config --reference`` prints it). Plugins add the sections they own through the
+``config_schema`` hook. Reading a config never runs code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python < 3.11 only
+    import tomli as tomllib
+
+from posecore.errors import ConfigError
+
+_TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "string", list: "array", dict: "table"}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config value: its type, default (None: unset, omitted from dumps) and meaning."""
+
+    type: type | tuple[type, ...]
+    default: Any = None
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    item: type | None = None
+    length: int | None = None
+
+    def type_name(self) -> str:
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        names = " or ".join(_TYPE_NAMES[t] for t in types)
+        if self.item is not None:
+            names += f" of {_TYPE_NAMES[self.item]}"
+        return names
+
+
+@dataclass(frozen=True)
+class Section:
+    """A TOML table with a fixed set of keys."""
+
+    keys: Mapping[str, Union[Key, "Section", "Variants"]]
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Variants:
+    """A TOML table whose other keys depend on its ``type`` key (datasets, vis backends)."""
+
+    options: Mapping[str, Section]
+    default: str | None
+    help: str = ""
+    extra: Callable[[], Mapping[str, Section]] | None = field(default=None, compare=False)
+
+
+Schema = Mapping[str, Union[Key, Section, Variants]]
+Origin = Callable[[str], str]
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file; syntax errors name the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a .toml config file") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+
+
+_PYTHON_LITERALS = {"True": True, "False": False, "None": None, "none": None, "null": None}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b=VALUE`` from ``--cfg-options``: VALUE as TOML, Python's True/False/None, or a bare string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--cfg-options {text!r}: expected KEY=VALUE, e.g. randomness.seed=2023")
+    raw = raw.strip()
+    if raw in _PYTHON_LITERALS:
+        return key.split("."), _PYTHON_LITERALS[raw]
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(config: dict[str, Any], overrides: list[str]) -> set[str]:
+    """Set nested keys in place; a None value removes the key (back to its default). Returns the keys set."""
+    touched = set()
+    for text in overrides:
+        path, value = parse_override(text)
+        node = config
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise ConfigError(f"--cfg-options {text!r}: '{where}' is a {_value_type(child)}, not a table")
+            node = child
+        if value is None:
+            node.pop(path[-1], None)
+        else:
+            node[path[-1]] = value
+        touched.add(".".join(path))
+    return touched
+
+
+def _value_type(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _suggest(name: str, candidates: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
+def validate(user: Mapping[str, Any], schema: Schema, origin: Origin, prefix: str = "") -> dict[str, Any]:
+    """Check ``user`` against ``schema`` and return it merged with the defaults.
+
+    ``origin(dotted_key)`` names where a key came from (file or --cfg-options) for error messages.
+    """
+    unknown = [k for k in user if k not in schema]
+    if unknown:
+        dotted = prefix + unknown[0]
+        raise ConfigError(f"{origin(dotted)}: unknown key '{dotted}'{_suggest(unknown[0], list(schema), prefix)}")
+    merged: dict[str, Any] = {}
+    for name, spec in schema.items():
+        dotted = prefix + name
+        if isinstance(spec, Key):
+            if name in user:
+                merged[name] = check_value(user[name], spec, dotted, origin)
+            elif spec.default is not None:
+                merged[name] = _copy(spec.default)
+            continue
+        value = user.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{origin(dotted)}: '{dotted}' must be a table, got {_value_type(value)}")
+        merged[name] = validate_table(value, spec, origin, dotted)
+    return merged
+
+
+def validate_table(value: Mapping[str, Any], spec: Section | Variants, origin: Origin, dotted: str) -> dict[str, Any]:
+    """Validate one table against a Section, or against the Section its ``type`` selects."""
+    if isinstance(spec, Section):
+        return validate(value, spec.keys, origin, dotted + ".")
+    options = dict(spec.options)
+    if spec.extra is not None:
+        options.update(spec.extra())
+    kind = value.get("type", spec.default)
+    if kind is None:
+        raise ConfigError(f"{origin(dotted)}: '{dotted}.type' is required; one of {', '.join(sorted(options))}")
+    if kind not in options:
+        raise ConfigError(
+            f"{origin(dotted + '.type')}: unknown {dotted}.type '{kind}'{_suggest(str(kind), list(options))}; "
+            f"known: {', '.join(sorted(options))}"
+        )
+    rest = {k: v for k, v in value.items() if k != "type"}
+    return {"type": kind, **validate(rest, options[kind].keys, origin, dotted + ".")}
+
+
+def check_value(value: Any, key: Key, dotted: str, origin: Origin) -> Any:
+    """Return ``value`` (ints widened to float where a float is expected) or raise a one-line ConfigError."""
+    where = origin(dotted)
+    ok, checked = _coerce(value, key.type)
+    if not ok:
+        raise ConfigError(f"{where}: '{dotted}' must be {key.type_name()}, got {_value_type(value)}")
+    if isinstance(checked, list) and key.item is not None:
+        items = [_coerce(v, key.item) for v in checked]
+        if not all(ok for ok, _ in items):
+            raise ConfigError(f"{where}: '{dotted}' must be {key.type_name()}")
+        checked = [v for _, v in items]
+        if key.length is not None and len(checked) != key.length:
+            raise ConfigError(f"{where}: '{dotted}' must have {key.length} items, got {len(checked)}")
+    if key.choices is not None and checked not in key.choices:
+        options = ", ".join(repr(c) for c in key.choices)
+        raise ConfigError(f"{where}: '{dotted}' is {checked!r}; choose one of {options}")
+    for number in checked if isinstance(checked, list) else [checked]:
+        if not isinstance(number, (int, float)) or isinstance(number, bool):
+            continue
+        if key.min is not None and number < key.min:
+            raise ConfigError(f"{where}: '{dotted}' is {number}, must be >= {key.min:g}")
+        if key.max is not None and number > key.max:
+            raise ConfigError(f"{where}: '{dotted}' is {number}, must be <= {key.max:g}")
+    return checked
+
+
+def _coerce(value: Any, expected: type | tuple[type, ...]) -> tuple[bool, Any]:
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, bool):  # bool is an int subclass; TOML keeps them apart, so do we
+        return bool in types, value
+    if isinstance(value, int) and int not in types and float in types:
+        return True, float(value)
+    return isinstance(value, types), value
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_copy(v) for v in value]
+    return value
+
+
+def dumps(config: Mapping[str, Any]) -> str:
+    """The config as TOML text (plain values first, then tables, as TOML requires)."""
+    import tomli_w
+
+    return tomli_w.dumps(config)
+
+
+def reference(schemas: Mapping[str, Schema]) -> str:
+    """A Markdown reference of every key, generated from the schemas (plugin name -> its schema)."""
+    lines = ["# Config reference", "", "Generated by `posecore config --reference` from the schema.", ""]
+    for owner, schema in schemas.items():
+        lines += [f"## Keys from `{owner}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        lines += _reference_rows(schema, "")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _reference_rows(schema: Schema, prefix: str) -> list[str]:
+    rows = []
+    for name, spec in schema.items():
+        dotted = prefix + name
+        if isinstance(spec, Key):
+            default = "unset" if spec.default is None else f"`{_toml_value(spec.default)}`"
+            meaning = spec.help
+            if spec.choices:
+                meaning += " One of " + ", ".join(f"`{_toml_value(c)}`" for c in spec.choices) + "."
+            rows.append(f"| `{dotted}` | {spec.type_name()} | {default} | {meaning} |")
+        elif isinstance(spec, Section):
+            rows.append(f"| `[{dotted}]` | table | | {spec.help} |")
+            rows += _reference_rows(spec.keys, dotted + ".")
+        else:
+            kinds = ", ".join(f"`{k}`" for k in spec.options)
+            default = f"`\"{spec.default}\"`" if spec.default else "required"
+            rows.append(f"| `{dotted}.type` | string | {default} | {spec.help} Built in: {kinds}. |")
+            for kind, section in spec.options.items():
+                rows += [r.replace(f"| `{dotted}.", f"| `{dotted}.` ({kind}) `", 1) for r in
+                         _reference_rows(section.keys, dotted + ".")]
+    return rows
+
+
+def _toml_value(value: Any) -> str:
+    """A value as one line of TOML, for the reference table."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)

@@ -1,0 +1,108 @@
+"""Data loading: every random choice is a function of (seed, epoch, index), never of a shared stream.
+
+The sampler's order comes from (seed, epoch) and each sample's augmentation from (seed, epoch, index),
+so results do not depend on ``num_workers`` and a resumed run only needs its position: the sampler
+skips indices, it never loads or augments the skipped samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from posecore.errors import ConfigError
+from posecore.pose.synthetic import SyntheticPoses
+from posecore.pose.transforms import TopDownTransform
+
+
+def mixed_rng(*entropy: int) -> np.random.Generator:
+    """A generator seeded from several integers through SeedSequence (so (s, 1) and (s+1, 0) differ)."""
+    return np.random.default_rng(np.random.SeedSequence([int(e) for e in entropy]))
+
+
+class KeyedDataset(Dataset):
+    """Top-down samples addressed by ``(epoch, index)``; augmentation drawn from (seed, epoch, index)."""
+
+    def __init__(self, source: Any, transform: TopDownTransform, seed: int) -> None:
+        self.source = source
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
+        epoch, index = key
+        rng = mixed_rng(self.seed, epoch, index) if self.transform.train else None
+        return self.transform(self.source.load(index), rng)
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` keys for one epoch, starting ``start`` samples into it.
+
+    The order is a permutation drawn from (seed, epoch) (or 0..N-1 without shuffling); only whole
+    batches are yielded, so every epoch has ``len(self) // batch_size`` batches.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool) -> None:
+        self.size = size
+        self.usable = size // batch_size * batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return self.usable - self.start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = mixed_rng(self.seed, self.epoch).permutation(self.size) if self.shuffle else np.arange(self.size)
+        epoch = self.epoch
+        return ((epoch, int(i)) for i in order[self.start:self.usable])
+
+
+def build_source(dataset: dict[str, Any]) -> Any:
+    """The record source for a validated ``*_dataloader.dataset`` table."""
+    options = {k: v for k, v in dataset.items() if k != "type"}
+    if dataset["type"] == "SyntheticPoses":
+        return SyntheticPoses(options["num_samples"], tuple(options["image_size"]), options["seed"])
+    raise AssertionError(f"dataset type {dataset['type']} passed validation but has no builder")
+
+
+def build_transform(config: dict[str, Any], source: Any, train: bool) -> TopDownTransform:
+    codec, augment = config["codec"], config["augment"]
+    return TopDownTransform(
+        input_size=tuple(codec["input_size"]), heatmap_size=tuple(codec["heatmap_size"]), sigma=codec["sigma"],
+        flip_pairs=source.keypoint_info.flip_pairs, train=train, flip_prob=augment["flip_prob"],
+        scale_factor=augment["scale_factor"], rotate_factor=augment["rotate_factor"],
+        rotate_prob=augment["rotate_prob"], padding=augment["padding"])
+
+
+def build_loader(config: dict[str, Any], section: str, seed: int, device: torch.device) -> DataLoader:
+    """A DataLoader over ``config[section]`` whose sampler is an :class:`EpochSampler`."""
+    options = config[section]
+    train = section == "train_dataloader"
+    source = build_source(options["dataset"])
+    dataset = KeyedDataset(source, build_transform(config, source, train), seed)
+    batch_size = options["batch_size"]
+    if train and len(dataset) < batch_size:
+        raise ConfigError(f"{section}.dataset has {len(dataset)} samples, fewer than batch_size {batch_size}")
+    sampler = EpochSampler(len(dataset), batch_size if train else 1, seed, shuffle=train)
+    workers = options["num_workers"]
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      persistent_workers=workers > 0 and options["persistent_workers"],
+                      pin_memory=options["pin_memory"] and device.type == "cuda",
+                      worker_init_fn=_ignore_sigint if workers > 0 else None)
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group; the main process stops cleanly and ends the workers.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,116 @@
+"""Every hook the core emits, in the order a run calls them.
+
+Implement them in a plugin module with ``@posecore.hookimpl`` and register the module under the
+``posecore`` entry-point group. Arguments are passed by keyword; an implementation may accept any
+subset of them. Unless marked *first result wins*, every active plugin's implementation is called
+and the results are collected in a list (None results dropped). ``run`` is the
+:class:`posecore.run.Run` of the current training run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ContextManager, Mapping
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+
+    from posecore.config import Schema
+    from posecore.run import Run
+
+hookspec = pluggy.HookspecMarker("posecore")
+
+
+@hookspec
+def config_schema() -> Schema | None:
+    """Return the config keys this plugin owns, as ``{top-level key: Key | Section}``.
+
+    Called for every installed plugin before activation: using one of these keys in a config
+    activates the plugin. A section that holds an ``enabled`` key set to false does not.
+    """
+
+
+@hookspec
+def vis_backends() -> Mapping[str, type] | None:
+    """Return ``{type name: class}`` of vis backends this plugin provides.
+
+    Called for every installed plugin; naming a type in ``visualizer.vis_backends`` activates its
+    plugin. A class is built as ``cls(run_dir=Path, **options)``, declares its options as a
+    ``options: Section`` class attribute and has ``add_scalars(scalars, step)``,
+    ``add_config(text)`` and ``close()``.
+    """
+
+
+@hookspec
+def configure(config: dict[str, Any]) -> None:
+    """Check or complete the merged, validated config (active plugins only).
+
+    Raise :class:`posecore.errors.ConfigError` for a bad combination of values. May add entries
+    (e.g. a vis backend); the result is what ``posecore config`` prints and each run dumps.
+    """
+
+
+@hookspec
+def before_build(run: Run) -> None:
+    """Called before any model, optimizer or data is built: seed generators here."""
+
+
+@hookspec
+def before_train(run: Run) -> None:
+    """Called once everything is built and before the first batch is loaded: load checkpoints here."""
+
+
+@hookspec
+def before_iter(run: Run) -> None:
+    """Called at the start of each training iteration; ``run.iteration`` is the number done so far."""
+
+
+@hookspec(firstresult=True)
+def forward_context(run: Run) -> ContextManager[Any] | None:
+    """Return a context manager the forward pass and loss run under (e.g. autocast). First result wins.
+
+    Called once, before the first iteration; the same object is entered every iteration.
+    """
+
+
+@hookspec(firstresult=True)
+def backward_step(run: Run, loss: torch.Tensor) -> bool | None:
+    """Back-propagate ``loss`` and step the optimizer; return True when handled. First result wins.
+
+    The core's implementation runs last: zero grads, backward, optional clipping, step, and advance
+    ``run.optimizer_steps`` (the schedule position). A plugin that skips a step leaves the counter.
+    """
+
+
+@hookspec
+def after_iter(run: Run, loss: torch.Tensor) -> None:
+    """Called after each optimizer step; ``run.iteration`` already counts it. ``loss`` is not synced."""
+
+
+@hookspec
+def collect_scalars(run: Run) -> Mapping[str, float] | None:
+    """Return extra scalars to log at a logging iteration (e.g. the AMP loss scale)."""
+
+
+@hookspec
+def after_val(run: Run, metrics: Mapping[str, float]) -> None:
+    """Called after each validation with its metrics (e.g. ``{"PCK": 0.91}``)."""
+
+
+@hookspec
+def save_state(run: Run) -> dict[str, Any] | None:
+    """Return this plugin's state for a checkpoint: tensors and plain values only.
+
+    The core stores it under the plugin's name, so each plugin sees only its own entry again.
+    """
+
+
+@hookspec
+def load_state(run: Run, state: dict[str, Any]) -> None:
+    """Restore what ``save_state`` returned; called only for plugins with an entry in the checkpoint."""
+
+
+@hookspec
+def after_train(run: Run, error: BaseException | None) -> None:
+    """Called once when the run ends, normally (``error`` None) or not: flush and close here."""

@@ -1,0 +1,1 @@
+"""Top-down heatmap pose estimation: keypoint layouts, data, transforms, model and metrics."""

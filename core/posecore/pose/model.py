@@ -1,0 +1,164 @@
+"""SimpleBaseline-style network: a ResNet backbone and a deconvolution head that outputs keypoint heatmaps."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (ResNet-18/34 block)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.residual = nn.Sequential(
+            _conv_bn(in_channels, out_channels, 3, stride),
+            nn.ReLU(inplace=True),
+            _conv_bn(out_channels, out_channels, 3, 1),
+        )
+        self.shortcut = _shortcut(in_channels, out_channels, stride)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.residual(x) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand to ``out_channels`` (4x the inner width), with a residual (ResNet-50 block)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        width = out_channels // 4
+        self.residual = nn.Sequential(
+            _conv_bn(in_channels, width, 1, 1),
+            nn.ReLU(inplace=True),
+            _conv_bn(width, width, 3, stride),
+            nn.ReLU(inplace=True),
+            _conv_bn(width, out_channels, 1, 1),
+        )
+        self.shortcut = _shortcut(in_channels, out_channels, stride)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.residual(x) + self.shortcut(x))
+
+
+_BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class TopDownHeatmapNet(nn.Module):
+    """Top-down pose network: image crops (N, 3, H, W) to keypoint heatmaps (N, K, h, w).
+
+    The stem is a 3x3 stride-2 convolution (``stem_stride=2``) or ResNet's 7x7 stride-2 convolution
+    plus max-pooling (``stem_stride=4``). Stages of residual blocks follow, the first at stride 1 and
+    each later one halving the resolution; each 4x4 transposed convolution of the head doubles it
+    again, and a 1x1 convolution gives the K heatmaps. ``output_stride`` is input size / heatmap size.
+    """
+
+    def __init__(
+        self,
+        num_keypoints: int = 17,
+        block: str = "basic",
+        stem_channels: int = 32,
+        stem_stride: int = 2,
+        stage_channels: Sequence[int] = (32, 64, 128),
+        stage_blocks: Sequence[int] = (1, 1, 1),
+        deconv_channels: Sequence[int] = (64,),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if block not in _BLOCKS:
+            raise ValueError(f"unknown block {block!r}; choose one of {', '.join(_BLOCKS)}")
+        if stem_stride not in (2, 4):
+            raise ValueError(f"stem_stride must be 2 or 4, got {stem_stride}")
+        if len(stage_channels) != len(stage_blocks) or not stage_channels:
+            raise ValueError(
+                f"stage_channels {list(stage_channels)} and stage_blocks {list(stage_blocks)} "
+                "must be non-empty and of the same length"
+            )
+        if stem_stride == 2:
+            self.stem = nn.Sequential(_conv_bn(3, stem_channels, 3, 2), nn.ReLU(inplace=True))
+        else:
+            self.stem = nn.Sequential(
+                _conv_bn(3, stem_channels, 7, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)
+            )
+        layers: list[nn.Module] = []
+        channels = stem_channels
+        for index, (out_channels, blocks) in enumerate(zip(stage_channels, stage_blocks)):
+            for position in range(blocks):
+                stride = 2 if index > 0 and position == 0 else 1
+                layers.append(_BLOCKS[block](channels, out_channels, stride))
+                channels = out_channels
+        self.backbone = nn.Sequential(*layers)
+        head: list[nn.Module] = []
+        for out_channels in deconv_channels:
+            head += [
+                nn.ConvTranspose2d(channels, out_channels, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+            ]
+            channels = out_channels
+        if dropout > 0:
+            head.append(nn.Dropout2d(dropout))
+        self.head = nn.Sequential(*head)
+        self.final = nn.Conv2d(channels, num_keypoints, 1)
+        # Start from near-empty heatmaps, as SimpleBaseline does: a random start wastes early steps.
+        nn.init.normal_(self.final.weight, std=0.001)
+        nn.init.zeros_(self.final.bias)
+        self.output_stride = stem_stride * 2 ** (len(stage_channels) - 1) / 2 ** len(deconv_channels)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.final(self.head(self.backbone(self.stem(img))))
+
+
+_PRESETS = {
+    "small": dict(
+        block="basic", stem_channels=32, stem_stride=2, stage_channels=[32, 64, 128], stage_blocks=[1, 1, 1],
+        deconv_channels=[64],
+    ),
+    "resnet50": dict(
+        block="bottleneck", stem_channels=64, stem_stride=4, stage_channels=[256, 512, 1024, 2048],
+        stage_blocks=[3, 4, 6, 3], deconv_channels=[256, 256, 256],
+    ),
+}
+
+
+def build_model(
+    preset: str = "small",
+    num_keypoints: int = 17,
+    stage_channels: list[int] | None = None,
+    stage_blocks: list[int] | None = None,
+    deconv_channels: list[int] | None = None,
+    dropout: float = 0.0,
+) -> TopDownHeatmapNet:
+    """A TopDownHeatmapNet from a preset, with any given list overriding the preset's.
+
+    "small" is the fast CPU default (output stride 4); "resnet50" is ResNet-50 with the SimpleBaseline
+    head of three 256-channel deconvolutions (output stride 4), randomly initialised.
+    """
+    if preset not in _PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(_PRESETS)}")
+    settings = dict(_PRESETS[preset])
+    overrides = {"stage_channels": stage_channels, "stage_blocks": stage_blocks, "deconv_channels": deconv_channels}
+    settings.update({name: value for name, value in overrides.items() if value is not None})
+    return TopDownHeatmapNet(num_keypoints=num_keypoints, dropout=dropout, **settings)
+
+
+def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over all heatmap pixels, each keypoint's error scaled by its weight (N, K)."""
+    return ((pred - target) ** 2 * weights[:, :, None, None]).mean()
+
+
+def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:
+    if stride == 1 and in_channels == out_channels:
+        return nn.Identity()
+    return _conv_bn(in_channels, out_channels, 1, stride)

@@ -1,0 +1,210 @@
+"""The top-down pipeline: crop the person box, augment, normalise, and encode keypoints as heatmaps.
+
+Coordinates are continuous pixel coordinates with integer values at pixel centres, in the image,
+the network input and the heatmap alike. A crop maps its centre to the centre of the output,
+((width - 1) / 2, (height - 1) / 2), so mirroring the image about the crop centre mirrors the
+output exactly, and heatmap pixel u covers input pixels [u * stride, (u + 1) * stride).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from posecore.pose.skeleton import COCO17
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+
+
+def box_to_center_scale(box: Sequence[float], aspect_ratio: float, padding: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (2,) and size (2,) in pixels of the crop around box (x, y, w, h).
+
+    The box is widened or heightened to ``aspect_ratio`` (width / height of the network input), then
+    enlarged by ``padding``, as MMPose does (but in pixels, not in units of 200 pixels).
+    """
+    x, y, width, height = (float(v) for v in box)
+    center = np.array([x + width / 2, y + height / 2], dtype=np.float32)
+    if width > aspect_ratio * height:
+        height = width / aspect_ratio
+    else:
+        width = height * aspect_ratio
+    return center, np.array([width, height], dtype=np.float32) * padding
+
+
+def affine_matrix(
+    center: Sequence[float],
+    scale: Sequence[float],
+    rotation_deg: float,
+    output_size: tuple[int, int],
+    inverse: bool = False,
+) -> np.ndarray:
+    """(2, 3) matrix taking image coords to output (crop) coords, or back when ``inverse``.
+
+    The crop of size ``scale`` around ``center``, turned by ``rotation_deg`` (positive: the content
+    appears turned counter-clockwise in the output), fills an output of ``output_size`` (w, h).
+    """
+    width, height = output_size
+    angle = np.deg2rad(rotation_deg)
+    cos, sin = np.cos(angle), np.sin(angle)
+    stretch = np.array([width / scale[0], height / scale[1]])
+    linear = stretch[:, None] * np.array([[cos, sin], [-sin, cos]])
+    output_center = np.array([(width - 1) / 2, (height - 1) / 2])
+    matrix = np.concatenate([linear, (output_center - linear @ np.asarray(center, dtype=np.float64))[:, None]], axis=1)
+    return invert_affine(matrix) if inverse else matrix
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """The (2, 3) affine matrix that undoes ``matrix``."""
+    linear = np.linalg.inv(matrix[:, :2])
+    return np.concatenate([linear, -linear @ matrix[:, 2:]], axis=1)
+
+
+def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a (2, 3) affine matrix to (K, 2) points."""
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def warp_affine(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
+    """Bilinear warp of a uint8 (H, W, C) image by ``matrix`` (image to output) into float32 (h, w, C).
+
+    Outside the image counts as zero, and pixels near the border fade to it.
+    """
+    width, height = output_size
+    source_height, source_width = image.shape[:2]
+    inverse = invert_affine(matrix).astype(np.float32)
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    ys = np.arange(height, dtype=np.float32)[:, None]
+    # Shift by one into a zero-padded copy; clipping to the pad ring sends far-away pixels to zeros.
+    source_x = np.clip(inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2], -1, source_width) + 1
+    source_y = np.clip(inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2], -1, source_height) + 1
+    left = np.minimum(source_x.astype(np.intp), source_width)
+    top = np.minimum(source_y.astype(np.intp), source_height)
+    right_weight = (source_x - left)[..., None]
+    bottom_weight = (source_y - top)[..., None]
+    padded = np.pad(image, ((1, 1), (1, 1), (0, 0)))
+    row_stride = source_width + 2
+    pixels = padded.reshape(-1, image.shape[2])
+    top_left = top * row_stride + left
+    bottom_left = top_left + row_stride
+    upper = pixels[top_left] * (1 - right_weight) + pixels[top_left + 1] * right_weight
+    lower = pixels[bottom_left] * (1 - right_weight) + pixels[bottom_left + 1] * right_weight
+    return (upper * (1 - bottom_weight) + lower * bottom_weight).astype(np.float32, copy=False)
+
+
+def gaussian_heatmaps(
+    keypoints: np.ndarray, visible: np.ndarray, heatmap_size: tuple[int, int], sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unnormalised Gaussians peaking at 1 on the exact (sub-pixel) keypoints in heatmap coords.
+
+    Returns heatmaps float32 (K, h, w) and weights float32 (K,): 0, with an empty heatmap, for a
+    keypoint that is not visible or lies outside the heatmap.
+    """
+    width, height = heatmap_size
+    keypoints = np.asarray(keypoints, dtype=np.float32)
+    inside = (
+        (keypoints[:, 0] >= -0.5)
+        & (keypoints[:, 0] < width - 0.5)
+        & (keypoints[:, 1] >= -0.5)
+        & (keypoints[:, 1] < height - 0.5)
+    )
+    weights = ((np.asarray(visible) > 0) & inside).astype(np.float32)
+    scale = -0.5 / sigma**2
+    along_x = np.exp(scale * (np.arange(width, dtype=np.float32)[None, :] - keypoints[:, :1]) ** 2)
+    along_y = np.exp(scale * (np.arange(height, dtype=np.float32)[None, :] - keypoints[:, 1:]) ** 2)
+    heatmaps = along_y[:, :, None] * (along_x * weights[:, None])[:, None, :]
+    return heatmaps, weights
+
+
+class TopDownTransform:
+    """Record (image, keypoints, visible, box) to network sample: crop, augment, normalise, encode.
+
+    Sizes are (width, height). With ``train`` and an rng, the crop is randomly scaled, rotated and
+    mirrored, drawing from that rng only; otherwise the crop is the padded box as is. The returned
+    ``center``/``scale`` are always those of the unaugmented crop (for decoding predictions), and
+    ``keypoints``/``visible``/``box`` are the record's, in image coordinates (the ground truth).
+    """
+
+    def __init__(
+        self,
+        input_size: tuple[int, int] = (48, 64),
+        heatmap_size: tuple[int, int] = (12, 16),
+        sigma: float = 2.0,
+        flip_pairs: Sequence[tuple[int, int]] = COCO17.flip_pairs,
+        train: bool = True,
+        flip_prob: float = 0.5,
+        scale_factor: float = 0.25,
+        rotate_factor: float = 30.0,
+        rotate_prob: float = 0.6,
+        padding: float = 1.25,
+    ) -> None:
+        self.input_size = tuple(input_size)
+        self.heatmap_size = tuple(heatmap_size)
+        self.sigma = sigma
+        self.flip_pairs = tuple(tuple(pair) for pair in flip_pairs)
+        self.train = train
+        self.flip_prob = flip_prob
+        self.scale_factor = scale_factor
+        self.rotate_factor = rotate_factor
+        self.rotate_prob = rotate_prob
+        self.padding = padding
+
+    def __call__(self, record: dict, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        """Turn one record into a sample of numpy arrays (see the class docstring)."""
+        input_width, input_height = self.input_size
+        center, scale = box_to_center_scale(record["box"], input_width / input_height, self.padding)
+        crop_scale, rotation, flip = scale, 0.0, False
+        if self.train and rng is not None:
+            crop_scale, rotation, flip = self._draw_augmentation(scale, rng)
+        image_matrix = affine_matrix(center, crop_scale, rotation, self.input_size)
+        heatmap_matrix = affine_matrix(center, crop_scale, rotation, self.heatmap_size)
+        keypoints = np.asarray(record["keypoints"], dtype=np.float32)
+        visible = np.asarray(record["visible"], dtype=np.float32)
+        target_keypoints, target_visible = keypoints, visible
+        if flip:
+            image_matrix = _mirror_output(image_matrix, input_width)
+            heatmap_matrix = _mirror_output(heatmap_matrix, self.heatmap_size[0])
+            order = _flip_order(len(keypoints), self.flip_pairs)
+            target_keypoints, target_visible = keypoints[order], visible[order]
+        image = warp_affine(record["image"], image_matrix, self.input_size)
+        heatmaps, weights = gaussian_heatmaps(
+            transform_points(target_keypoints, heatmap_matrix), target_visible, self.heatmap_size, self.sigma
+        )
+        return {
+            "img": np.ascontiguousarray(((image - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)),
+            "heatmaps": heatmaps,
+            "weights": weights,
+            "center": center,
+            "scale": scale,
+            "keypoints": keypoints,
+            "visible": visible,
+            "box": np.asarray(record["box"], dtype=np.float32),
+        }
+
+    def _draw_augmentation(self, scale: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float, bool]:
+        # Always draw all four numbers so one probability setting does not shift the others' stream.
+        scale_noise, rotate_noise = rng.standard_normal(2)
+        rotate_draw, flip_draw = rng.random(2)
+        factor = self.scale_factor
+        crop_scale = scale * np.float32(np.clip(1 + scale_noise * factor, 1 - factor, 1 + factor))
+        rotation = 0.0
+        if rotate_draw < self.rotate_prob:
+            rotation = float(np.clip(rotate_noise * self.rotate_factor, -2 * self.rotate_factor, 2 * self.rotate_factor))
+        return crop_scale, rotation, bool(flip_draw < self.flip_prob)
+
+
+def _mirror_output(matrix: np.ndarray, width: int) -> np.ndarray:
+    """Follow ``matrix`` by a horizontal mirror of its output, x -> width - 1 - x."""
+    mirrored = -matrix
+    mirrored[1] = matrix[1]
+    mirrored[0, 2] += width - 1
+    return mirrored
+
+
+def _flip_order(count: int, flip_pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Index array that swaps each left keypoint with its right partner."""
+    order = np.arange(count)
+    for left, right in flip_pairs:
+        order[left], order[right] = right, left
+    return order

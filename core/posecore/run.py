@@ -1,0 +1,401 @@
+"""The training run: what plugins receive as ``run``, and the loop (``train``) that drives it.
+
+    posecore train examples/quickstart.toml
+    posecore train examples/quickstart.toml --cfg-options train.max_iters=200
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from posecore import __version__, checkpoint
+from posecore.config import dumps
+from posecore.data import build_loader
+from posecore.errors import CheckpointError, ConfigError, PosecoreError, StopRun
+from posecore.logs import Progress, format_scalars, setup_logger
+from posecore.plugins import PluginSet, call_each, call_one
+from posecore.pose.metrics import decode_heatmaps, heatmap_to_image, pck
+from posecore.pose.model import build_model, heatmap_loss
+
+
+def train(run: Run) -> None:
+    """Build everything, then run the loop; every plugin sees each step through its hooks."""
+    hook = run.hook
+    with run.session():
+        hook.before_build(run=run)
+        run.build()
+        hook.before_train(run=run)
+        batches = run.train_batches()
+        forward = hook.forward_context(run=run) or contextlib.nullcontext()
+        before_iter = hook.before_iter if hook.before_iter.get_hookimpls() else None
+        log_every, val_every = run.config["train"]["log_interval"], run.config["train"]["val_interval"]
+        save_every = run.config["checkpoint"]["interval"]
+        while run.iteration < run.max_iters:
+            if run.stop_signal is not None:
+                run.stop_for_signal()
+            if before_iter is not None:
+                before_iter(run=run)
+            batch = run.timer.data(batches)
+            with forward:
+                loss = heatmap_loss(run.model(batch["img"]), batch["heatmaps"], batch["weights"])
+            run.apply_schedule()
+            hook.backward_step(run=run, loss=loss)
+            run.iteration += 1
+            hook.after_iter(run=run, loss=loss)
+            done = run.iteration == run.max_iters
+            if run.progress is not None:
+                run.progress.tick(run.iteration)
+            if run.iteration % log_every == 0 or done:
+                run.log_train(loss)
+            if (val_every and run.iteration % val_every == 0) or done:
+                run.validate(forward)
+            if run.iteration % save_every == 0 or done:
+                run.save()
+
+
+class Timer:
+    """Wall and data-loading time between logging iterations (no device sync)."""
+
+    def __init__(self) -> None:
+        self.reset(time.perf_counter())
+
+    def reset(self, now: float) -> None:
+        self.start, self.data_seconds = now, 0.0
+
+    def data(self, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        begin = time.perf_counter()
+        batch = next(batches)
+        self.data_seconds += time.perf_counter() - begin
+        return batch
+
+
+class Run:
+    """One training run: config, plugins, model, optimizer, data, counters and the work dir.
+
+    Plugins read and set these attributes in their hooks; ``save()``, ``restore()`` and ``load_weights()`` write and read
+    checkpoints. ``iteration`` counts finished iterations; ``epoch``/``epoch_batch`` give the data
+    position; ``optimizer_steps`` is the learning-rate schedule's position (a skipped step does not
+    advance it); ``seed`` is the data seed (set by a seeding plugin in ``before_build``, else drawn).
+    """
+
+    def __init__(self, config: dict[str, Any], plugins: PluginSet) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.hook = plugins.hook
+        self.work_dir = Path(config["work_dir"])
+        self.run_dir = self.vis_dir = Path()
+        self.log = logging.getLogger("posecore")
+        self.device = _pick_device(config["device"])
+        self.seed: int | None = None
+        self.iteration = self.epoch = self.epoch_batch = self.optimizer_steps = 0
+        self.max_iters = 0
+        self.best: dict[str, Any] = {}
+        self.last_checkpoint: Path | None = None
+        self.model: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.train_loader = self.val_loader = None
+        self.stop_signal: int | None = None
+        self.progress: Progress | None = None
+        self.backends: list[Any] = []
+        self.timer = Timer()
+        self.plugin_data: dict[str, Any] = {}
+        """Per-run objects of plugins, keyed by plugin name (plugin modules keep no state of their own)."""
+
+    # ----------------------------------------------------------------------------------- set-up
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Create the run folder, logging, vis backends and signal handlers; call ``after_train`` at the end."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d_%H%M%S")
+        self.run_dir = self.work_dir / stamp
+        suffix = 1
+        while self.run_dir.exists():  # two runs started within one second
+            suffix += 1
+            self.run_dir = self.work_dir / f"{stamp}_{suffix}"
+        self.vis_dir = self.run_dir / "vis_data"
+        self.vis_dir.mkdir(parents=True)
+        handlers = setup_logger(self.log, self.run_dir / f"{self.run_dir.name}.log")
+        self.progress = Progress(sys.stderr) if sys.stderr.isatty() else None
+        self.log.info("posecore %s, torch %s, device %s, %s", __version__, torch.__version__, self.device,
+                      self.plugins.header())
+        self.log.info("work dir %s, run folder %s", self.work_dir, self.run_dir)
+        self.backends = [self.plugins.backends[entry["type"]](self.vis_dir, **_options(entry))
+                         for entry in self.config["visualizer"]["vis_backends"]]
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        error: BaseException | None = None
+        try:
+            yield
+        except BaseException as err:
+            error = err
+            if not isinstance(err, (PosecoreError, KeyboardInterrupt)):
+                handlers[0].handle(self.log.makeRecord(self.log.name, logging.ERROR, __file__, 0, "run failed",
+                                                       (), sys.exc_info()))
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            try:
+                self.hook.after_train(run=self, error=error)
+            finally:
+                for backend in self.backends:
+                    backend.close()
+                if self.progress is not None:
+                    self.progress.close()
+                for handler in handlers:
+                    self.log.removeHandler(handler)
+                    handler.close()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Only set a flag: the loop saves and stops at the next iteration boundary. A second
+        # Ctrl-C interrupts at once.
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+
+    def build(self) -> None:
+        """Record the config, then build model, optimizer and loaders (seeded by plugins' ``before_build``)."""
+        if self.seed is None:
+            self.seed = secrets.randbits(31)
+        text = dumps(self.config)
+        (self.vis_dir / "config.toml").write_text(text, encoding="utf-8")
+        for backend in self.backends:
+            backend.add_config(text)
+        model_cfg, codec = self.config["model"], self.config["codec"]
+        self.model = build_model(model_cfg["preset"], num_keypoints=17,
+                                 stage_channels=model_cfg.get("stage_channels"),
+                                 stage_blocks=model_cfg.get("stage_blocks"),
+                                 deconv_channels=model_cfg.get("deconv_channels"),
+                                 dropout=model_cfg["dropout"]).to(self.device)
+        self.model.train()
+        self.optimizer = _build_optimizer(self.config["optim"], self.model)
+        self.train_loader = build_loader(self.config, "train_dataloader", self.seed, self.device)
+        self.val_loader = build_loader(self.config, "val_dataloader", self.seed, self.device)
+        out = self.model(torch.zeros(1, 3, codec["input_size"][1], codec["input_size"][0], device=self.device))
+        if list(out.shape[-2:]) != codec["heatmap_size"][::-1]:
+            raise ConfigError(f"codec.heatmap_size is {codec['heatmap_size']} but the model outputs "
+                                f"[{out.shape[-1]}, {out.shape[-2]}] for codec.input_size {codec['input_size']}; "
+                                f"set codec.heatmap_size = [{out.shape[-1]}, {out.shape[-2]}]")
+        per_epoch = self.train_loader.sampler.usable // self.train_loader.batch_size
+        train_cfg = self.config["train"]
+        self.max_iters = train_cfg.get("max_iters") or train_cfg["max_epochs"] * per_epoch
+
+    def train_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches from the current position (epoch, batch in epoch) onwards, moved to the device."""
+        loader = self.train_loader
+        loader.sampler.seed = loader.dataset.seed = self.seed
+        batch_size = loader.batch_size
+        while True:
+            loader.sampler.set_position(self.epoch, self.epoch_batch * batch_size)
+            for batch in loader:
+                self.epoch_batch += 1
+                yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            self.epoch += 1
+            self.epoch_batch = 0
+
+    # ------------------------------------------------------------------------------ each step
+    def apply_schedule(self) -> None:
+        """Set the learning rate for the next optimizer step from ``optimizer_steps``."""
+        factor = lr_factor(self.config["scheduler"], self.optimizer_steps, self.max_iters)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+
+    def clip_gradients(self) -> None:
+        """Clip the global gradient norm when ``optim.clip_grad_norm`` is set (call after unscaling)."""
+        max_norm = self.config["optim"].get("clip_grad_norm")
+        if max_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+
+    def stop_for_signal(self) -> None:
+        name = signal.Signals(self.stop_signal).name
+        path = self.save() if self.last_checkpoint is None or \
+            checkpoint.iteration_of(self.last_checkpoint) != self.iteration else self.last_checkpoint
+        raise StopRun(f"stopped by {name} at iteration {self.iteration}; saved {path}; "
+                      f"continue with --resume", 128 + self.stop_signal)
+
+    # ------------------------------------------------------------------------- logging, val
+    def log_train(self, loss: torch.Tensor) -> None:
+        """Log loss, learning rate, gradient norm, timings and plugins' scalars (syncs the device)."""
+        now = time.perf_counter()
+        interval = self.config["train"]["log_interval"]
+        steps = interval if self.iteration % interval == 0 else self.iteration % interval
+        value = loss.item()
+        if not math.isfinite(value):
+            raise PosecoreError(f"loss is {value} at iteration {self.iteration}; stopping. The last good "
+                                f"checkpoint is {self.last_checkpoint or 'none (no checkpoint saved yet)'}")
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        scalars = {
+            "loss": value,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+            if grads else 0.0,
+            "time": (now - self.timer.start) / steps,
+            "data_time": self.timer.data_seconds / steps,
+        }
+        scalars["samples_per_s"] = self.train_loader.batch_size / scalars["time"]
+        if self.device.type == "cuda":
+            scalars["memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        for extra in self.hook.collect_scalars(run=self):
+            scalars.update(extra)
+        eta = scalars["time"] * (self.max_iters - self.iteration)
+        self.write_scalars(scalars)
+        line = f"Iter(train) [{self.iteration:>{len(str(self.max_iters))}}/{self.max_iters}]  " \
+               f"eta: {_clock(eta)}  {format_scalars(scalars)}"
+        self.log.info(line)
+        if self.progress is not None:
+            self.progress.update(self.iteration, self.max_iters, scalars, eta)
+        self.timer.reset(time.perf_counter())
+
+    def write_scalars(self, scalars: dict[str, float]) -> None:
+        for backend in self.backends:
+            backend.add_scalars(scalars, self.iteration)
+
+    @torch.no_grad()
+    def validate(self, forward: Any = contextlib.nullcontext()) -> dict[str, float]:
+        """Score the model on the validation data, log it, call ``after_val``, keep the best checkpoint."""
+        self.model.eval()
+        preds, truths, visible, sizes = [], [], [], []
+        heatmap_size = tuple(self.config["codec"]["heatmap_size"])
+        for batch in self.val_loader:
+            with forward:
+                heatmaps = self.model(batch["img"].to(self.device))
+            coords, _ = decode_heatmaps(heatmaps.float().cpu())
+            preds.append(heatmap_to_image(coords, batch["center"], batch["scale"], heatmap_size))
+            truths.append(batch["keypoints"])
+            visible.append(batch["visible"])
+            sizes.append(batch["box"][:, 2:])
+        self.model.train()
+        evaluator = self.config["val_evaluator"]
+        metrics = {"PCK": pck(torch.cat(preds), torch.cat(truths), torch.cat(visible), torch.cat(sizes),
+                              evaluator["thr"])}
+        self.hook.after_val(run=self, metrics=metrics)
+        self.write_scalars({f"val/{name}": value for name, value in metrics.items()})
+        self.log.info("Iter(val) [%d]  %s", self.iteration, format_scalars(metrics))
+        self._keep_best(metrics)
+        self.timer.reset(time.perf_counter())
+        return metrics
+
+    def _keep_best(self, metrics: dict[str, float]) -> None:
+        name = self.config["checkpoint"].get("save_best")
+        if name is None:
+            return
+        if name not in metrics:
+            raise PosecoreError(f"checkpoint.save_best is '{name}' but validation gives {', '.join(metrics)}")
+        value = metrics[name]
+        better = (value > self.best["value"] if self.config["checkpoint"]["rule"] == "greater"
+                  else value < self.best["value"]) if self.best else True
+        if not better:
+            return
+        old = self.best.get("file")
+        path = self.work_dir / f"best_{name}_iter_{self.iteration}.pth"
+        self.best = {"metric": name, "value": value, "iteration": self.iteration, "file": path.name}
+        checkpoint.save(path, self.state())
+        if old and old != path.name:
+            (self.work_dir / old).unlink(missing_ok=True)
+        self.log.info("best %s %.4f at iteration %d: %s", name, value, self.iteration, path)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def state(self) -> dict[str, Any]:
+        """The checkpoint contents: tensors and plain values only."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "loop": {"iteration": self.iteration, "epoch": self.epoch, "epoch_batch": self.epoch_batch,
+                     "optimizer_steps": self.optimizer_steps, "max_iters": self.max_iters},
+            "seed": self.seed,
+            "best": dict(self.best),
+            "config": dumps(self.config),
+            "meta": {"posecore": __version__, "torch": torch.__version__, "time": time.time(),
+                     "plugins": self.plugins.versions()},
+            "plugins": call_each(self.plugins.pm, "save_state", run=self),
+        }
+
+    def save(self) -> Path:
+        """Write ``iter_<N>.pth`` atomically, move the pointers to it, then prune old ones."""
+        path = self.work_dir / f"iter_{self.iteration}.pth"
+        checkpoint.save(path, self.state())
+        checkpoint.update_pointers(self.work_dir, path)
+        checkpoint.prune(self.work_dir, self.config["checkpoint"]["max_keep"])
+        self.last_checkpoint = path
+        self.log.info("saved checkpoint %s", path)
+        return path
+
+    def load_weights(self, path: str | Path) -> None:
+        """Initialise the model from a checkpoint's weights (``load_from`` without resuming)."""
+        checkpoint.load_model_weights(self.model, checkpoint.load(path)["model"], path)
+        self.log.info("loaded model weights from %s", path)
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        """Continue from a loaded checkpoint: weights, optimizer, position, best record, plugins' state."""
+        checkpoint.load_model_weights(self.model, state["model"], path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            loop = state["loop"]
+            self.iteration, self.epoch = loop["iteration"], loop["epoch"]
+            self.epoch_batch, self.optimizer_steps = loop["epoch_batch"], loop["optimizer_steps"]
+            self.seed, self.best = state["seed"], dict(state["best"])
+        except (KeyError, ValueError, TypeError) as err:
+            raise CheckpointError(f"{path}: cannot resume from it ({type(err).__name__}: {err})") from None
+        for name, plugin_state in state.get("plugins", {}).items():
+            if self.plugins.pm.has_plugin(name):
+                call_one(self.plugins.pm, "load_state", name, run=self, state=plugin_state)
+        self.last_checkpoint = Path(path)
+        self.log.info("resumed from %s at iteration %d", path, self.iteration)
+
+
+def lr_factor(schedule: dict[str, Any], step: int, total: int) -> float:
+    """Learning-rate multiplier after ``step`` optimizer steps: linear warm-up, then the decay."""
+    warmup = schedule["warmup_iters"]
+    if step < warmup:
+        ratio = schedule["warmup_ratio"]
+        return ratio + (1 - ratio) * step / warmup
+    kind = schedule["type"]
+    if kind == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        low = schedule["min_lr_ratio"]
+        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
+    if kind == "step":
+        return schedule["gamma"] ** sum(step >= m for m in schedule["milestones"])
+    return 1.0
+
+
+def _build_optimizer(options: dict[str, Any], model: torch.nn.Module) -> torch.optim.Optimizer:
+    params, kind = model.parameters(), options["type"]
+    if kind == "SGD":
+        optimizer = torch.optim.SGD(params, lr=options["lr"], momentum=options["momentum"],
+                                    weight_decay=options["weight_decay"])
+    else:
+        optimizer = getattr(torch.optim, kind)(params, lr=options["lr"], weight_decay=options["weight_decay"])
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    return optimizer
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device '{name}' is not a device name; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for but CUDA is not available here; use device = \"auto\"")
+    return device
+
+
+def _options(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k != "type"}
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

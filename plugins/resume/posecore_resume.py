@@ -1,0 +1,51 @@
+"""posecore-resume: continue a run from its latest checkpoint, or from a given one.
+
+``--resume`` (``resume = true``) continues from the latest valid checkpoint in the work dir, or
+starts fresh when there is none; ``--resume PATH`` (``resume = true`` + ``load_from = PATH``)
+continues from that file. ``load_from`` without ``resume`` is the core's: weights only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from posecore import checkpoint, hookimpl
+from posecore.config import Key
+from posecore.errors import CheckpointError
+
+
+@hookimpl
+def config_schema() -> dict[str, Any]:
+    return {"resume": Key(bool, False, "Continue from `load_from`, or else from the latest checkpoint in "
+                                       "the work dir (posecore-resume).")}
+
+
+@hookimpl
+def before_train(run: Any) -> None:
+    if not run.config.get("resume"):
+        return
+    source = run.config.get("load_from")
+    if source is not None:
+        run.restore(checkpoint.load(source), Path(source))
+        return
+    found = latest_checkpoint(run.work_dir, run.log)
+    if found is None:
+        run.log.info("resume: no checkpoint in %s; starting fresh", run.work_dir)
+    else:
+        run.restore(*found)
+
+
+def latest_checkpoint(work_dir: Path, log: Any) -> tuple[dict[str, Any], Path] | None:
+    """The newest checkpoint that loads: ``last_checkpoint``'s target, else the newest ``iter_*.pth``."""
+    candidates = []
+    pointer = work_dir / checkpoint.LAST_CHECKPOINT
+    if pointer.is_file():
+        candidates.append(Path(pointer.read_text(encoding="utf-8").strip()))
+    candidates += sorted(work_dir.glob("iter_*.pth"), key=lambda p: checkpoint.iteration_of(p) or -1, reverse=True)
+    for path in dict.fromkeys(candidates):
+        try:
+            return checkpoint.load(path), path
+        except CheckpointError as err:
+            log.warning("resume: skipping %s", err)
+    return None

@@ -1,0 +1,41 @@
+"""Test helpers: run the real ``posecore`` command in a fresh process, write configs and throwaway plugins."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from posecore.config import dumps
+from posecore.testing import TINY_CONFIG
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+def posecore(*args: str, cwd: Path | None = None, pythonpath: list[Path] = (), timeout: float = 300,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m posecore ARGS`` in a fresh process and capture its output."""
+    environment = {**os.environ, **(env or {})}
+    environment.pop("POSECORE_DEBUG", None)
+    if pythonpath:
+        environment["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
+    return subprocess.run([sys.executable, "-m", "posecore", *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def make_plugin_dist(root: Path, name: str, source: str, dist: str | None = None, version: str = "0.1.0") -> Path:
+    """Install a throwaway plugin distribution into ``root`` (a folder to put on PYTHONPATH).
+
+    It is a real installed distribution as importlib.metadata sees one: a module plus a
+    ``.dist-info`` folder whose ``entry_points.txt`` registers it in the ``posecore`` group.
+    """
+    dist = dist or f"posecore-{name}-test"
+    module = f"{dist.replace('-', '_')}"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{module}.py").write_text(source, encoding="utf-8")
+    info = root / f"{module}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(f"[posecore]\n{name} = {module}\n", encoding="utf-8")
+    return root
