@@ -41,8 +41,9 @@ def train(run: Run) -> None:
         log_every, val_every = run.config["train"]["log_interval"], run.config["train"]["val_interval"]
         save_every = run.config["checkpoint"]["interval"]
         while run.iteration < run.max_iters:
-            if run.stop_signal is not None:
-                run.stop_for_signal()
+            if run.stopping is not None:
+                run.stop()
+                break
             if before_iter is not None:
                 before_iter(run=run)
             batch = run.timer.data(batches)
@@ -104,7 +105,7 @@ class Run:
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.train_loader = self.val_loader = None
-        self.stop_signal: int | None = None
+        self.stopping: tuple[str, int] | None = None
         self.progress: Progress | None = None
         self.backends: list[Any] = []
         self.timer = Timer()
@@ -158,9 +159,13 @@ class Run:
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only set a flag: the loop saves and stops at the next iteration boundary. A second
         # Ctrl-C interrupts at once.
-        if self.stop_signal is not None and signum == signal.SIGINT:
+        if self.stopping is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.stop_signal = signum
+        self.stopping = (f"stopped by {signal.Signals(signum).name}", 128 + signum)
+
+    def request_stop(self, reason: str) -> None:
+        """End the run early and successfully: at the next iteration boundary, save a checkpoint and stop."""
+        self.stopping = (reason, 0)
 
     def build(self) -> None:
         """Record the config, then build model, optimizer and loaders (seeded by plugins' ``before_build``)."""
@@ -215,12 +220,14 @@ class Run:
         if max_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
 
-    def stop_for_signal(self) -> None:
-        name = signal.Signals(self.stop_signal).name
-        path = self.save() if self.last_checkpoint is None or \
-            checkpoint.iteration_of(self.last_checkpoint) != self.iteration else self.last_checkpoint
-        raise StopRun(f"stopped by {name} at iteration {self.iteration}; saved {path}; "
-                      f"continue with --resume", 128 + self.stop_signal)
+    def stop(self) -> None:
+        """Act on ``stopping``: save (unless this iteration is saved), then end; a signal's stop raises StopRun."""
+        reason, exit_code = self.stopping
+        saved = self.last_checkpoint is not None and checkpoint.iteration_of(self.last_checkpoint) == self.iteration
+        path = self.last_checkpoint if saved else self.save()
+        if exit_code:
+            raise StopRun(f"{reason} at iteration {self.iteration}; saved {path}; continue with --resume", exit_code)
+        self.log.info("%s; stopping at iteration %d (checkpoint %s)", reason, self.iteration, path)
 
     # ------------------------------------------------------------------------- logging, val
     def log_train(self, loss: torch.Tensor) -> None:
@@ -314,7 +321,7 @@ class Run:
             "seed": self.seed,
             "best": dict(self.best),
             "config": dumps(self.config),
-            "meta": {"posecore": __version__, "torch": torch.__version__, "time": time.time(),
+            "meta": {"posecore": __version__, "torch": str(torch.__version__), "time": time.time(),
                      "plugins": self.plugins.versions()},
             "plugins": call_each(self.plugins.pm, "save_state", run=self),
         }
