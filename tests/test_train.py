@@ -139,3 +139,27 @@ def test_quickstart_shortened_trains_and_learns(tmp_path):
     losses = [line["loss"] for line in lines if "loss" in line]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert (tmp_path / "wd" / "iter_60.pth").is_file()
+
+
+def test_terminal_gets_a_refreshing_progress_line(tiny_config, tmp_path):
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "posecore", "train", str(tiny_config), "--work-dir",
+                             str(tmp_path / "wd"), "--cfg-options", "train.log_interval=1"],
+                            stdin=follower, stdout=follower, stderr=follower, close_fds=True)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closes when the process exits
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    text = output.decode()
+    assert "\r\033[K[" in text and "it/s  ETA" in text  # the status line, redrawn in place
+    assert "Iter(train) [4/4]" in text  # log lines still reach the terminal

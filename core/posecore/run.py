@@ -40,6 +40,7 @@ def train(run: Run) -> None:
         before_iter = hook.before_iter if hook.before_iter.get_hookimpls() else None
         log_every, val_every = run.config["train"]["log_interval"], run.config["train"]["val_interval"]
         save_every = run.config["checkpoint"]["interval"]
+        run.timer.reset(time.perf_counter())
         while run.iteration < run.max_iters:
             if run.stopping is not None:
                 run.stop()
