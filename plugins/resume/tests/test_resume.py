@@ -1,0 +1,154 @@
+"""posecore-resume: --resume continues from the latest checkpoint or a given one; load_from alone is weights only."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import sys
+from pathlib import Path
+
+import posecore_resume
+import posecore_seed
+import pytest
+import torch
+
+from helpers import posecore
+from posecore.config import dumps
+from posecore.testing import TINY_CONFIG, run_training
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+
+@pytest.fixture
+def resume_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(dumps(copy.deepcopy(TINY_CONFIG)), encoding="utf-8")
+    return path
+
+
+def train(config: Path, work_dir: Path, *args: str):
+    return posecore("train", str(config), "--work-dir", str(work_dir), *args)
+
+
+def run_dirs(work_dir: Path) -> list[Path]:
+    return sorted(p for p in work_dir.iterdir() if p.is_dir())
+
+
+def log_of(run_dir: Path) -> str:
+    return (run_dir / f"{run_dir.name}.log").read_text(encoding="utf-8")
+
+
+def test_resume_without_a_checkpoint_starts_fresh_and_says_so(resume_config, tmp_path):
+    work_dir = tmp_path / "wd"
+    result = train(resume_config, work_dir, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "plugins: resume-0.1.0" in result.stderr
+    said = [line for line in result.stderr.splitlines() if "resume:" in line]
+    assert len(said) == 1 and said[0].endswith(f"resume: no checkpoint in {work_dir}; starting fresh")
+    assert "Iter(train) [2/4]" in result.stderr and "resumed from" not in result.stderr
+    assert torch.load(work_dir / "iter_4.pth", weights_only=True)["loop"]["iteration"] == 4
+
+
+def test_resume_continues_from_the_latest_checkpoint(resume_config, tmp_path):
+    work_dir = tmp_path / "wd"
+    first = train(resume_config, work_dir, "--cfg-options", "train.max_iters=2")
+    assert first.returncode == 0, first.stderr
+    assert [p.name for p in work_dir.glob("iter_*.pth")] == ["iter_2.pth"]
+
+    second = train(resume_config, work_dir, "--resume", "--cfg-options", "train.max_iters=4")
+    assert second.returncode == 0, second.stderr
+    assert re.search(r"resumed from \S*iter_2\.pth at iteration 2$", second.stderr, re.MULTILINE)
+    log = log_of(run_dirs(work_dir)[-1])
+    assert "Iter(train) [2/4]" not in log and "Iter(train) [4/4]" in log
+    state = torch.load(work_dir / "iter_4.pth", weights_only=True)
+    assert state["loop"]["iteration"] == 4 and state["loop"]["optimizer_steps"] == 4
+    assert state["loop"]["epoch_batch"] == 4  # the data position carried on, no batch seen twice
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "checkpoint not found"),
+    ("this is not a checkpoint\n", "not a loadable checkpoint"),
+])
+def test_resume_from_a_bad_path_is_one_line_and_exit_2(resume_config, tmp_path, content, message):
+    path = tmp_path / "given.pth"
+    if content is not None:
+        path.write_text(content)
+    result = train(resume_config, tmp_path / "wd", "--resume", str(path))
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"posecore: error: {path}: {message}")
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "wd").glob("iter_*.pth"))
+
+
+def resume_from(path: Path) -> list[str]:
+    return ["resume=true", f"load_from={json.dumps(str(path))}"]
+
+
+def test_resumed_run_without_dropout_is_bitwise_identical_to_an_uninterrupted_one(tmp_path):
+    assert_resume_is_bitwise_identical(tmp_path, dropout=0.0)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "core: each new DataLoader iterator draws its base seed from the global torch generator, so the resumed "
+    "run's fresh iterator puts the restored torch RNG one draw ahead and dropout masks differ; give the "
+    "loaders their own torch.Generator in posecore/data.py build_loader"))
+def test_resumed_run_with_dropout_is_bitwise_identical_to_an_uninterrupted_one(tmp_path):
+    assert_resume_is_bitwise_identical(tmp_path, dropout=0.5)
+
+
+def assert_resume_is_bitwise_identical(tmp_path: Path, dropout: float) -> None:
+    plugins = {"seed": posecore_seed, "resume": posecore_resume}
+    options = ["randomness.seed=5", f"model.dropout={dropout}"]  # with dropout the torch generator matters
+    run_training(tmp_path / "straight", plugins=plugins, cfg_options=options)
+    run_training(tmp_path / "resumed", plugins=plugins,
+                 cfg_options=options + resume_from(tmp_path / "straight" / "iter_2.pth"))
+    straight = torch.load(tmp_path / "straight" / "iter_4.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "iter_4.pth", weights_only=True)
+    assert straight["loop"] == resumed["loop"]
+    assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
+
+
+def test_a_checkpoint_that_does_not_load_is_skipped_for_the_previous_one(tmp_path):
+    run_training(tmp_path, plugins={"resume": posecore_resume})
+    (tmp_path / "iter_4.pth").write_bytes(b"truncated")
+    recording = run_training(tmp_path, plugins={"resume": posecore_resume},
+                             cfg_options=["resume=true", "train.max_iters=6"])
+    log = log_of(recording.run.run_dir)
+    assert f"resume: skipping {(tmp_path / 'iter_4.pth').resolve()}: not a loadable checkpoint" in log
+    assert f"resumed from {tmp_path / 'iter_2.pth'} at iteration 2" in log
+    assert recording.count("backward_step") == 4
+
+
+def test_load_from_alone_loads_weights_and_starts_at_zero(tmp_path):
+    run_training(tmp_path / "a", plugins={"resume": posecore_resume}, cfg_options=["train.max_iters=2"])
+    source = tmp_path / "a" / "iter_2.pth"
+    # With a zero learning rate the parameters stay exactly as loaded (BatchNorm statistics still move).
+    recording = run_training(tmp_path / "b", plugins={"resume": posecore_resume},
+                             cfg_options=[f"load_from={json.dumps(str(source))}", "optim.lr=0"])
+    assert [p.name for p in recording.run.plugins.active] == ["core"]  # load_from does not activate resume
+    log = log_of(recording.run.run_dir)
+    assert f"loaded model weights from {source}" in log and "resumed" not in log
+    assert "Iter(train) [2/4]" in log
+    loaded = torch.load(source, weights_only=True)
+    trained = torch.load(tmp_path / "b" / "iter_4.pth", weights_only=True)
+    assert trained["loop"]["iteration"] == 4 and trained["loop"]["optimizer_steps"] == 4
+    assert trained["optimizer"]["state"][0]["step"] == 4  # a fresh optimizer: 4 steps, not 2 + 4
+    parameters = [name for name, _ in recording.run.model.named_parameters()]
+    assert all(torch.equal(loaded["model"][k], trained["model"][k]) for k in parameters)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "core: Run.build() writes vis_data/config.toml before before_train, where resuming sets the "
+    "checkpoint's seed; the resumed run records (and the seed plugin logs) a freshly drawn seed instead"))
+def test_a_resumed_run_records_the_seed_it_continues_with(tmp_path):
+    plugins = {"seed": posecore_seed, "resume": posecore_resume}
+    first = run_training(tmp_path, plugins=plugins, cfg_options=["plugins=['seed']", "train.max_iters=2"])
+    second = run_training(tmp_path, plugins=plugins, cfg_options=["plugins=['seed']", "resume=true"])
+    assert second.run.seed == first.run.seed
+    recorded = tomllib.loads((second.run.vis_dir / "config.toml").read_text())
+    assert recorded["randomness"]["seed"] == first.run.seed
