@@ -98,7 +98,10 @@ def build_loader(config: dict[str, Any], section: str, seed: int, device: torch.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       persistent_workers=workers > 0 and options["persistent_workers"],
                       pin_memory=options["pin_memory"] and device.type == "cuda",
-                      worker_init_fn=_ignore_sigint if workers > 0 else None)
+                      worker_init_fn=_ignore_sigint if workers > 0 else None,
+                      # Its own generator: an iterator must not draw its base seed from the global RNG,
+                      # or a resumed run's dropout stream would be one draw off.
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def _ignore_sigint(worker_id: int) -> None:

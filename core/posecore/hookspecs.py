@@ -36,7 +36,7 @@ def vis_backends() -> Mapping[str, type] | None:
     """Return ``{type name: class}`` of vis backends this plugin provides.
 
     Called for every installed plugin; naming a type in ``visualizer.vis_backends`` activates its
-    plugin. A class is built as ``cls(run_dir=Path, **options)``, declares its options as a
+    plugin. A class is built as ``cls(vis_dir, **options)`` (``vis_dir``: the run's ``vis_data`` folder), declares its options as a
     ``options: Section`` class attribute and has ``add_scalars(scalars, step)``,
     ``add_config(text)`` and ``close()``.
     """
@@ -53,7 +53,8 @@ def configure(config: dict[str, Any]) -> None:
 
 @hookspec
 def before_build(run: Run) -> None:
-    """Called before any model, optimizer or data is built: seed generators here."""
+    """Called before any model, optimizer or data is built: seed generators, and create the per-run
+    objects that ``load_state`` may restore (``run.plugin_data[name]``), here."""
 
 
 @hookspec

@@ -157,32 +157,39 @@ def resolve(user: dict[str, Any], origin: Any, cli_plugins: Iterable[str] = (),
             raise ConfigError(f"plugin '{name}' is not installed: {install_hint(name)}")
 
     pm = new_manager()
-    candidates = [core_plugin()] + [p for p in installed if p.name not in blocked]
+    candidates = [core_plugin()] + installed
     for plugin in candidates:
         pm.register(plugin.module, name=plugin.name)
     schemas = call_each(pm, "config_schema")
     owner_of = _owners(schemas)
     backend_owner, backends = _backends(pm)
 
+    def use(thing: str, owner: str | None, key: str) -> None:
+        if owner in blocked:
+            raise ConfigError(f"{origin(key)}: '{thing}' belongs to plugin '{owner}', which is blocked by no:{owner}")
+        if owner is not None:
+            active.add(owner)
+        elif thing in FIRST_PARTY_PROVIDES:
+            plugin = FIRST_PARTY_PROVIDES[thing]
+            raise ConfigError(f"{origin(key)}: '{thing}' needs the plugin '{plugin}', which is not installed: "
+                              f"{install_hint(plugin)}")
+        # anything else unknown is reported by validation, with a did-you-mean
+
     active = {"core", *wanted}
     for key, value in user.items():
-        owner = owner_of.get(key)
-        if owner is None:
-            _explain_unowned(key, key, blocked, origin)
-            continue
         if not (isinstance(value, dict) and value.get("enabled") is False):
-            active.add(owner)
+            use(key, owner_of.get(key), key)
     backend_entries = _backend_entries(user, origin)
     for entry in backend_entries:
-        kind = entry.get("type")
-        if isinstance(kind, str) and kind in backend_owner:
-            active.add(backend_owner[kind])
-        elif isinstance(kind, str):
-            _explain_unowned(kind, "visualizer.vis_backends", blocked, origin)
+        if isinstance(entry.get("type"), str):
+            use(entry["type"], backend_owner.get(entry["type"]), "visualizer.vis_backends")
 
     all_schema = {key: spec for schema in schemas.values() for key, spec in schema.items()}
     merged = validate(user, all_schema, origin)
     config = {key: value for key, value in merged.items() if owner_of[key] in active}
+    for key, value in config.items():  # an active plugin's switch reads as on, however it was activated
+        if owner_of[key] != "core" and isinstance(value, dict) and "enabled" in value:
+            value["enabled"] = True
     backend_variants = Variants({kind: cls.options for kind, cls in backends.items()}, None)
     config["visualizer"]["vis_backends"] = [
         validate_table(entry, backend_variants, origin, f"visualizer.vis_backends[{i}]")
@@ -244,17 +251,6 @@ def _backend_entries(user: Mapping[str, Any], origin: Any) -> list[dict[str, Any
     return entries
 
 
-def _explain_unowned(thing: str, key: str, blocked: set[str], origin: Any) -> None:
-    """Raise when ``thing`` is provided by a known plugin that is blocked or not installed."""
-    plugin = FIRST_PARTY_PROVIDES.get(thing)
-    if plugin is None:
-        return  # unknown keys are reported by validation, with a did-you-mean
-    if plugin in blocked:
-        raise ConfigError(f"{origin(key)}: '{thing}' belongs to plugin '{plugin}', which is blocked by no:{plugin}")
-    raise ConfigError(f"{origin(key)}: '{thing}' needs the plugin '{plugin}', which is not installed: "
-                      f"{install_hint(plugin)}")
-
-
 def check_requirements(requirements: list[str]) -> None:
     """Check ``require = ["posecore-amp>=0.1", ...]`` against the installed distributions."""
     from packaging.requirements import InvalidRequirement, Requirement
@@ -280,8 +276,7 @@ def load_config(path: str | Path, overrides: list[str] = (), cli_plugins: Iterab
     touched = apply_overrides(user, list(overrides))
 
     def origin(key: str) -> str:
-        parts = key.split(".")
-        from_cli = any(".".join(parts[:i]) in touched for i in range(1, len(parts) + 1))
+        from_cli = any(t == key or t.startswith(key + ".") or key.startswith(t + ".") for t in touched)
         return "--cfg-options" if from_cli else str(path)
 
     user.setdefault("work_dir", str(Path("work_dirs") / path.stem))

@@ -35,16 +35,14 @@ def train(run: Run) -> None:
         hook.before_build(run=run)
         run.build()
         hook.before_train(run=run)
+        run.record_config()
         batches = run.train_batches()
         forward = hook.forward_context(run=run) or contextlib.nullcontext()
         before_iter = hook.before_iter if hook.before_iter.get_hookimpls() else None
         log_every, val_every = run.config["train"]["log_interval"], run.config["train"]["val_interval"]
         save_every = run.config["checkpoint"]["interval"]
         run.timer.reset(time.perf_counter())
-        while run.iteration < run.max_iters:
-            if run.stopping is not None:
-                run.stop()
-                break
+        while run.iteration < run.max_iters and run.stopping is None:
             if before_iter is not None:
                 before_iter(run=run)
             batch = run.timer.data(batches)
@@ -63,6 +61,8 @@ def train(run: Run) -> None:
                 run.validate(forward)
             if run.iteration % save_every == 0 or done:
                 run.save()
+        if run.stopping is not None:
+            run.stop()
 
 
 class Timer:
@@ -169,13 +169,9 @@ class Run:
         self.stopping = (reason, 0)
 
     def build(self) -> None:
-        """Record the config, then build model, optimizer and loaders (seeded by plugins' ``before_build``)."""
+        """Build model, optimizer and loaders (after plugins' ``before_build`` seeded the generators)."""
         if self.seed is None:
             self.seed = secrets.randbits(31)
-        text = dumps(self.config)
-        (self.vis_dir / "config.toml").write_text(text, encoding="utf-8")
-        for backend in self.backends:
-            backend.add_config(text)
         model_cfg, codec = self.config["model"], self.config["codec"]
         self.model = build_model(model_cfg["preset"], num_keypoints=17,
                                  stage_channels=model_cfg.get("stage_channels"),
@@ -194,6 +190,13 @@ class Run:
         per_epoch = self.train_loader.sampler.usable // self.train_loader.batch_size
         train_cfg = self.config["train"]
         self.max_iters = train_cfg.get("max_iters") or train_cfg["max_epochs"] * per_epoch
+
+    def record_config(self) -> None:
+        """Dump the config as this run uses it (seed drawn or resumed included) to vis_data and backends."""
+        text = dumps(self.config)
+        (self.vis_dir / "config.toml").write_text(text, encoding="utf-8")
+        for backend in self.backends:
+            backend.add_config(text)
 
     def train_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """Batches from the current position (epoch, batch in epoch) onwards, moved to the device."""
@@ -297,7 +300,7 @@ class Run:
         if name is None:
             return
         if name not in metrics:
-            raise PosecoreError(f"checkpoint.save_best is '{name}' but validation gives {', '.join(metrics)}")
+            raise ConfigError(f"checkpoint.save_best is '{name}' but validation gives {', '.join(metrics)}")
         value = metrics[name]
         better = (value > self.best["value"] if self.config["checkpoint"]["rule"] == "greater"
                   else value < self.best["value"]) if self.best else True

@@ -34,7 +34,7 @@ def autocast_dtype(run: Any) -> Any:
 
 
 @hookimpl
-def before_train(run: Any) -> None:
+def before_build(run: Any) -> None:
     import torch
 
     dtype = autocast_dtype(run)

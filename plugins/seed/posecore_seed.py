@@ -44,11 +44,30 @@ def before_build(run: Any) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
     if options.get("deterministic"):
+        # Put back at the end, so later runs in the same process (tests, notebooks) are unaffected.
+        run.plugin_data["seed"] = (os.environ.get("CUBLAS_WORKSPACE_CONFIG"), torch.backends.cudnn.deterministic,
+                                   torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
         # cuBLAS needs this before its first call to be deterministic (see PyTorch's reproducibility notes).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True)
+        _set_determinism(True, False, True)
+
+
+def _set_determinism(cudnn_deterministic: bool, cudnn_benchmark: bool, algorithms: bool) -> None:
+    import torch
+
+    torch.backends.cudnn.deterministic = cudnn_deterministic
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+    torch.use_deterministic_algorithms(algorithms)
+
+
+@hookimpl
+def after_train(run: Any) -> None:
+    if "seed" not in run.plugin_data:
+        return
+    workspace, *flags = run.plugin_data.pop("seed")
+    _set_determinism(*flags)
+    if workspace is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 @hookimpl
@@ -80,3 +99,4 @@ def load_state(run: Any, state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     run.config.setdefault("randomness", {})["seed"] = run.seed = state["seed"]
+    run.log.info("randomness: continuing with the checkpoint's seed %d", run.seed)

@@ -43,4 +43,5 @@ def vis_backends() -> dict[str, type]:
 def configure(config: dict[str, Any]) -> None:
     backends = config["visualizer"]["vis_backends"]
     if not any(entry["type"] == "TensorboardVisBackend" for entry in backends):
-        backends.append({"type": "TensorboardVisBackend", "flush_secs": 30})
+        defaults = {name: key.default for name, key in TensorboardVisBackend.options.keys.items()}
+        backends.append({"type": "TensorboardVisBackend", **defaults})

@@ -116,7 +116,7 @@ class TopDownHeatmapNet(nn.Module):
 _PRESETS = {
     "small": dict(
         block="basic", stem_channels=32, stem_stride=2, stage_channels=[32, 64, 128], stage_blocks=[1, 1, 1],
-        deconv_channels=[64],
+        deconv_channels=[64, 64],
     ),
     "resnet50": dict(
         block="bottleneck", stem_channels=64, stem_stride=4, stage_channels=[256, 512, 1024, 2048],
@@ -135,8 +135,9 @@ def build_model(
 ) -> TopDownHeatmapNet:
     """A TopDownHeatmapNet from a preset, with any given list overriding the preset's.
 
-    "small" is the fast CPU default (output stride 4); "resnet50" is ResNet-50 with the SimpleBaseline
-    head of three 256-channel deconvolutions (output stride 4), randomly initialised.
+    "small" is the fast CPU default: a 3-stage ResNet-18-like backbone of widths 32-64-128 and two 64-channel
+    deconvolutions, output stride 2 (a 48x64 input gives 24x32 heatmaps). "resnet50" is ResNet-50 with
+    the SimpleBaseline head of three 256-channel deconvolutions, output stride 4, randomly initialised.
     """
     if preset not in _PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(_PRESETS)}")

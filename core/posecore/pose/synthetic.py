@@ -9,6 +9,8 @@ differ in shade, so elbows and knees show as colour edges.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from posecore.pose.skeleton import COCO17, KeypointInfo
@@ -88,13 +90,13 @@ class SyntheticPoses:
         }
 
     def _background(self, rng: np.random.Generator) -> np.ndarray:
-        """A smooth random colour field plus pixel noise, float32 (H, W, 3) in 0..255."""
+        """A smooth random colour field plus grey pixel noise, float32 (H, W, 3) in 0..255."""
         width, height = self.image_size
         grid = rng.uniform(0, 255, (_BACKGROUND_GRID, _BACKGROUND_GRID, 3)).astype(np.float32)
         rows = (self._background_cols @ grid.transpose(1, 0, 2).reshape(_BACKGROUND_GRID, -1)).reshape(width, -1, 3)
         canvas = (self._background_rows @ rows.transpose(1, 0, 2).reshape(_BACKGROUND_GRID, -1)).reshape(height, width, 3)
         noise_amplitude = rng.uniform(0, 40)
-        canvas += (rng.random(canvas.shape, dtype=np.float32) - 0.5) * noise_amplitude
+        canvas += (rng.random((height, width, 1), dtype=np.float32) - 0.5) * noise_amplitude
         return canvas
 
 
@@ -239,11 +241,11 @@ def _occlude(canvas: np.ndarray, keypoints: np.ndarray, rng: np.random.Generator
     return visible & ~covered
 
 
-def _region(canvas: np.ndarray, low: np.ndarray, high: np.ndarray):
-    """Pixel-centre grids of the part of ``canvas`` within [low, high], or None when it is empty."""
+def _region(canvas: np.ndarray, left: float, top: float, right: float, bottom: float):
+    """Pixel-centre grids (1, w) and (h, 1) of the part of ``canvas`` within the given bounds, or None if empty."""
     height, width = canvas.shape[:2]
-    x0, y0 = max(int(np.floor(low[0])), 0), max(int(np.floor(low[1])), 0)
-    x1, y1 = min(int(np.ceil(high[0])) + 1, width), min(int(np.ceil(high[1])) + 1, height)
+    x0, y0 = max(math.floor(left), 0), max(math.floor(top), 0)
+    x1, y1 = min(math.ceil(right) + 1, width), min(math.ceil(bottom) + 1, height)
     if x0 >= x1 or y0 >= y1:
         return None
     xs = np.arange(x0, x1, dtype=np.float32)[None, :]
@@ -253,39 +255,49 @@ def _region(canvas: np.ndarray, low: np.ndarray, high: np.ndarray):
 
 def _blend(canvas: np.ndarray, window, coverage: np.ndarray, colour: np.ndarray) -> None:
     """Alpha-blend ``colour`` where ``coverage`` (the signed distance into the shape + 0.5) is positive."""
-    alpha = np.clip(coverage, 0.0, 1.0)[..., None]
+    alpha = np.minimum(np.maximum(coverage, 0.0, out=coverage), 1.0, out=coverage)[..., None]
     patch = canvas[window]
     patch += alpha * (colour.astype(np.float32) - patch)
 
 
 def _draw_capsule(canvas: np.ndarray, start: np.ndarray, end: np.ndarray, radius: float, colour: np.ndarray) -> None:
     """Anti-aliased thick segment with round caps; a disc when start == end."""
+    # Python floats keep the float32 pixel grids in float32 (numpy scalars would promote to float64).
+    (start_x, start_y), (end_x, end_y), radius = start.tolist(), end.tolist(), float(radius)
     reach = radius + 1.0
-    region = _region(canvas, np.minimum(start, end) - reach, np.maximum(start, end) + reach)
+    region = _region(
+        canvas, min(start_x, end_x) - reach, min(start_y, end_y) - reach, max(start_x, end_x) + reach,
+        max(start_y, end_y) + reach,
+    )
     if region is None:
         return
     window, xs, ys = region
-    along = end - start
-    length_sq = max(float(along @ along), 1e-12)
-    dx, dy = xs - start[0], ys - start[1]
-    t = np.clip((dx * along[0] + dy * along[1]) / length_sq, 0.0, 1.0)
-    distance = np.sqrt((dx - t * along[0]) ** 2 + (dy - t * along[1]) ** 2)
-    _blend(canvas, window, radius + 0.5 - distance, colour)
+    along_x, along_y = end_x - start_x, end_y - start_y
+    length_sq = max(along_x * along_x + along_y * along_y, 1e-12)
+    dx, dy = xs - start_x, ys - start_y
+    t = dx * (along_x / length_sq) + dy * (along_y / length_sq)
+    t = np.minimum(np.maximum(t, 0.0, out=t), 1.0, out=t)
+    distance = np.hypot(dx - t * along_x, dy - t * along_y)
+    _blend(canvas, window, (radius + 0.5) - distance, colour)
 
 
 def _draw_polygon(canvas: np.ndarray, corners: np.ndarray, grow: float, colour: np.ndarray) -> None:
     """Anti-aliased convex polygon, its edges pushed out by ``grow`` pixels."""
-    region = _region(canvas, corners.min(0) - grow - 1, corners.max(0) + grow + 1)
+    (left, top), (right, bottom) = corners.min(0) - grow - 1, corners.max(0) + grow + 1
+    region = _region(canvas, left, top, right, bottom)
     if region is None:
         return
     window, xs, ys = region
     edges = np.roll(corners, -1, axis=0) - corners
-    area_sign = np.sign(np.sum(edges[:, 0] * np.roll(edges[:, 1], -1) - edges[:, 1] * np.roll(edges[:, 0], -1)))
-    inside = np.full(np.broadcast_shapes(xs.shape, ys.shape), np.inf, dtype=np.float32)
-    for corner, edge in zip(corners, edges):
-        normal = area_sign * np.array([-edge[1], edge[0]]) / max(np.hypot(*edge), 1e-12)
-        inside = np.minimum(inside, (xs - corner[0]) * normal[0] + (ys - corner[1]) * normal[1])
-    _blend(canvas, window, inside + grow + 0.5, colour)
+    orientation = np.sign(np.sum(edges[:, 0] * np.roll(edges[:, 1], -1) - edges[:, 1] * np.roll(edges[:, 0], -1)))
+    normals = orientation * np.stack([-edges[:, 1], edges[:, 0]], axis=1)
+    normals /= np.maximum(np.hypot(normals[:, 0], normals[:, 1]), 1e-12)[:, None]
+    offsets = np.sum(normals * corners, axis=1)
+    inside = None
+    for (normal_x, normal_y), offset in zip(normals.tolist(), offsets.tolist()):
+        distance = xs * normal_x + ys * normal_y - offset
+        inside = distance if inside is None else np.minimum(inside, distance, out=inside)
+    _blend(canvas, window, inside + (grow + 0.5), colour)
 
 
 def _interpolation_matrix(size: int, grid: int) -> np.ndarray:

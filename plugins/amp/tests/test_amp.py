@@ -87,11 +87,7 @@ class ResumeFrom:
 
 @pytest.mark.parametrize("order", [
     pytest.param(("restore", "amp"), id="amp-before_train-runs-first"),
-    pytest.param(("amp", "restore"), id="restore-runs-first", marks=pytest.mark.xfail(
-        strict=True, raises=KeyError, reason=(
-            "plugin amp: load_state reads run.plugin_data['amp'], which amp creates in before_train; when "
-            "posecore-resume's before_train runs first (pluggy calls the later registered first) "
-            "`--amp --resume` fails with KeyError: 'amp'. Create the scaler in before_build instead"))),
+    pytest.param(("amp", "restore"), id="restore-runs-first"),
 ])
 def test_resume_restores_the_loss_scaler(float16_run, tmp_path, order):
     modules = {"amp": posecore_amp, "restore": ResumeFrom(float16_run.run.work_dir / "iter_2.pth")}

@@ -93,10 +93,6 @@ def test_resumed_run_without_dropout_is_bitwise_identical_to_an_uninterrupted_on
     assert_resume_is_bitwise_identical(tmp_path, dropout=0.0)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "core: each new DataLoader iterator draws its base seed from the global torch generator, so the resumed "
-    "run's fresh iterator puts the restored torch RNG one draw ahead and dropout masks differ; give the "
-    "loaders their own torch.Generator in posecore/data.py build_loader"))
 def test_resumed_run_with_dropout_is_bitwise_identical_to_an_uninterrupted_one(tmp_path):
     assert_resume_is_bitwise_identical(tmp_path, dropout=0.5)
 
@@ -142,9 +138,6 @@ def test_load_from_alone_loads_weights_and_starts_at_zero(tmp_path):
     assert all(torch.equal(loaded["model"][k], trained["model"][k]) for k in parameters)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "core: Run.build() writes vis_data/config.toml before before_train, where resuming sets the "
-    "checkpoint's seed; the resumed run records (and the seed plugin logs) a freshly drawn seed instead"))
 def test_a_resumed_run_records_the_seed_it_continues_with(tmp_path):
     plugins = {"seed": posecore_seed, "resume": posecore_resume}
     first = run_training(tmp_path, plugins=plugins, cfg_options=["plugins=['seed']", "train.max_iters=2"])
