@@ -25,7 +25,7 @@ def test_crash_between_write_and_rename_keeps_the_old_file(tmp_path, monkeypatch
     with pytest.raises(OSError, match="simulated crash"):
         checkpoint.save(path, {"model": {"w": torch.zeros(3)}})
     assert torch.equal(checkpoint.load(path)["model"]["w"], torch.ones(3))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_2.pth"]  # no temporary file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_2.pth", "iter_2.pth.sha256"]  # no temporary file
 
 
 def test_save_never_exposes_a_partial_file(tmp_path, monkeypatch):
@@ -39,7 +39,8 @@ def test_save_never_exposes_a_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", watch)
     checkpoint.save(path, {"model": {"w": torch.ones(1000)}})
-    assert seen == [("iter_4.pth", False)]  # the final name appears only by the rename of a complete file
+    # the final names appear only by the rename of a complete file, the checksum after the checkpoint
+    assert seen == [("iter_4.pth", False), ("iter_4.pth.sha256", False)]
 
 
 class _Exploit:
@@ -80,7 +81,25 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "iter_2.pth"
     checkpoint.save(path, {"model": {"w": torch.ones(10000)}})
     path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=f"{path}: checksum mismatch with iter_2.pth.sha256: the file is "
+                                              f"corrupt or was cut short"):
+        checkpoint.load(path)
+    checkpoint.checksum_path(path).unlink()  # as an older version or a copy by hand would leave it
     with pytest.raises(CheckpointError, match=f"{path}: not a loadable checkpoint"):
+        checkpoint.load(path)
+
+
+def test_checksum_file_is_in_sha256sum_format(tmp_path):
+    import hashlib
+
+    path = tmp_path / "iter_2.pth"
+    checkpoint.save(path, {"model": {"w": torch.ones(3)}})
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert checkpoint.checksum_path(path).read_text() == f"{digest}  iter_2.pth\n"
+    flipped = bytearray(path.read_bytes())
+    flipped[len(flipped) // 2] ^= 1
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
         checkpoint.load(path)
 
 

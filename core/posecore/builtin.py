@@ -41,9 +41,16 @@ def configure(config: dict[str, Any]) -> None:
 
 @hookimpl(trylast=True)
 def before_train(run: Run) -> None:
-    """``load_from`` without resuming: initialise the model's weights, start at iteration 0."""
-    if run.config.get("load_from") and run.last_checkpoint is None:
+    """Unless resumed: ``load_from`` (weights only, iteration 0), else ``model.init_weights``."""
+    init_weights = run.config["model"].get("init_weights")
+    if run.resumed_from is not None:
+        if init_weights:
+            run.log.info("model.init_weights not applied: resumed from %s, which started from them",
+                         run.resumed_from)
+    elif run.config.get("load_from"):
         run.load_weights(run.config["load_from"])
+    elif init_weights:
+        run.load_weights(init_weights)
 
 
 @hookimpl(trylast=True)

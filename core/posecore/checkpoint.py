@@ -1,11 +1,15 @@
 """Checkpoint files: atomic writes, safe loading, the ``last_checkpoint``/``latest.pth`` pointers, pruning.
 
 A checkpoint is a plain dict of tensors and plain values, loaded with ``torch.load(weights_only=True)``
-so that opening an untrusted file cannot run code.
+so that opening an untrusted file cannot run code. Beside each one, ``<name>.sha256`` (the format of
+``sha256sum``, so ``sha256sum -c`` checks it too) is written after the checkpoint is complete; loading
+verifies it, so a corrupt file is refused rather than half-read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
 from pathlib import Path
@@ -49,30 +53,93 @@ def atomic_write(path: Path, write: Any) -> None:
     _fsync_dir(path.parent)
 
 
+class _HashingWriter:
+    """A file wrapper that hashes what passes through, so saving reads nothing back."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def save(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically."""
-    atomic_write(path, lambda file: torch.save({"format": FORMAT, **state}, file))
+    """Write a checkpoint atomically, then its checksum file."""
+    writers = []
+
+    def write(file: Any) -> None:
+        writers.append(_HashingWriter(file))
+        torch.save({"format": FORMAT, **state}, writers[0])
+
+    atomic_write(path, write)
+    line = f"{writers[0].sha256.hexdigest()}  {path.name}\n"
+    atomic_write(checksum_path(path), lambda file: file.write(line.encode()))
+
+
+def remove(path: Path) -> None:
+    """Delete a checkpoint and its checksum file."""
+    path.unlink(missing_ok=True)
+    checksum_path(path).unlink(missing_ok=True)
 
 
 def load(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint; anything that is not a complete posecore checkpoint is a CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            reason = "it contains pickled Python objects, which posecore refuses to load (they could run code)"
-        raise CheckpointError(f"{path}: not a loadable checkpoint: {reason}") from None
+    state = _read(Path(path))
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a posecore checkpoint (no 'model' entry)")
     return state
 
 
-def load_model_weights(model: torch.nn.Module, weights: dict[str, Any], path: str | Path) -> None:
-    """Load a state_dict strictly; mismatched keys or shapes are a CheckpointError listing the first few."""
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Model weights from a posecore checkpoint, or from a file holding a plain state_dict."""
+    state = _read(Path(path))
+    weights = state.get("model", state) if isinstance(state, dict) else None
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path}: holds no model weights (neither a posecore checkpoint nor a state_dict)")
+    return weights
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    data = path.read_bytes()
+    expected = _expected_checksum(path)
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(f"{path}: checksum mismatch with {checksum_path(path).name}: the file is corrupt or "
+                              f"was cut short; use an older checkpoint")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            reason = "it contains pickled Python objects, which posecore refuses to load (they could run code)"
+        raise CheckpointError(f"{path}: not a loadable checkpoint: {reason}") from None
+    return state
+
+
+def _expected_checksum(path: Path) -> str | None:
+    try:
+        text = checksum_path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:  # written by hand or by an older version: nothing to verify against
+        return None
+    return text.split()[0] if text.split() else ""
+
+
+def load_model_weights(model: torch.nn.Module, weights: dict[str, Any], path: str | Path,
+                       strict: bool = True) -> list[str]:
+    """Load a state_dict; mismatched keys or shapes are a CheckpointError listing the first few.
+
+    Not ``strict``: load what fits and return the names of the keys left out.
+    """
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
@@ -80,10 +147,11 @@ def load_model_weights(model: torch.nn.Module, weights: dict[str, Any], path: st
     problems = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
                 if keys]
-    if problems:
-        raise CheckpointError(f"{path}: weights do not fit this model ({'; '.join(problems)}); "
-                              f"check [model] and [codec] against the run that saved it")
-    model.load_state_dict(weights)
+    if problems and strict:
+        raise CheckpointError(f"{path}: weights do not fit this model ({'; '.join(problems)}); check [model] "
+                              f"and [codec] against the run that saved it, or set load_strict = false")
+    model.load_state_dict({k: v for k, v in weights.items() if k in own and k not in wrong}, strict=False)
+    return missing + unexpected + wrong
 
 
 def iteration_of(path: Path) -> int | None:
@@ -110,4 +178,4 @@ def prune(work_dir: Path, max_keep: int) -> None:
         return
     files = sorted((p for p in work_dir.glob("iter_*.pth") if iteration_of(p) is not None), key=iteration_of)
     for old in files[:-max_keep]:
-        old.unlink(missing_ok=True)
+        remove(old)

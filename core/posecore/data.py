@@ -14,13 +14,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from posecore.errors import ConfigError
+from posecore.rng import init_worker, mixed_rng
 from posecore.pose.synthetic import SyntheticPoses
 from posecore.pose.transforms import TopDownTransform
-
-
-def mixed_rng(*entropy: int) -> np.random.Generator:
-    """A generator seeded from several integers through SeedSequence (so (s, 1) and (s+1, 0) differ)."""
-    return np.random.default_rng(np.random.SeedSequence([int(e) for e in entropy]))
 
 
 class KeyedDataset(Dataset):
@@ -98,14 +94,8 @@ def build_loader(config: dict[str, Any], section: str, seed: int, device: torch.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       persistent_workers=workers > 0 and options["persistent_workers"],
                       pin_memory=options["pin_memory"] and device.type == "cuda",
-                      worker_init_fn=_ignore_sigint if workers > 0 else None,
+                      worker_init_fn=init_worker if workers > 0 else None,
                       # Its own generator: an iterator must not draw its base seed from the global RNG,
                       # or a resumed run's dropout stream would be one draw off.
                       generator=torch.Generator().manual_seed(seed))
 
-
-def _ignore_sigint(worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group; the main process stops cleanly and ends the workers.
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import torch
 
-from posecore import __version__, checkpoint
+from posecore import __version__, checkpoint, rng
 from posecore.config import dumps
 from posecore.data import build_loader
 from posecore.errors import CheckpointError, ConfigError, PosecoreError, StopRun
@@ -103,6 +103,7 @@ class Run:
         self.max_iters = 0
         self.best: dict[str, Any] = {}
         self.last_checkpoint: Path | None = None
+        self.resumed_from: Path | None = None
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.train_loader = self.val_loader = None
@@ -311,7 +312,7 @@ class Run:
         self.best = {"metric": name, "value": value, "iteration": self.iteration, "file": path.name}
         checkpoint.save(path, self.state())
         if old and old != path.name:
-            (self.work_dir / old).unlink(missing_ok=True)
+            checkpoint.remove(self.work_dir / old)
         self.log.info("best %s %.4f at iteration %d: %s", name, value, self.iteration, path)
 
     # ----------------------------------------------------------------------------- checkpoints
@@ -323,6 +324,7 @@ class Run:
             "loop": {"iteration": self.iteration, "epoch": self.epoch, "epoch_batch": self.epoch_batch,
                      "optimizer_steps": self.optimizer_steps, "max_iters": self.max_iters},
             "seed": self.seed,
+            "rng": rng.capture(),
             "best": dict(self.best),
             "config": dumps(self.config),
             "meta": {"posecore": __version__, "torch": str(torch.__version__), "time": time.time(),
@@ -341,25 +343,39 @@ class Run:
         return path
 
     def load_weights(self, path: str | Path) -> None:
-        """Initialise the model from a checkpoint's weights (``load_from`` without resuming)."""
-        checkpoint.load_model_weights(self.model, checkpoint.load(path)["model"], path)
-        self.log.info("loaded model weights from %s", path)
+        """Initialise the model from a checkpoint's (or a state_dict file's) weights; ``load_strict`` applies."""
+        strict = self.config["load_strict"]
+        skipped = checkpoint.load_model_weights(self.model, checkpoint.read_weights(path), path, strict)
+        self.log.info("loaded model weights from %s%s", path,
+                      f" (load_strict = false: skipped {', '.join(skipped)})" if skipped else "")
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
-        """Continue from a loaded checkpoint: weights, optimizer, position, best record, plugins' state."""
+        """Continue from a loaded checkpoint: weights, optimizer, position, best record, plugins' and RNG state."""
+        lacking = [key for key in ("optimizer", "loop", "seed", "best", "rng") if key not in state]
+        if lacking:
+            raise CheckpointError(f"{path}: cannot resume from it: it has no {', '.join(lacking)} (a weights-only "
+                                  f"file?); use load_from without resume to start from its weights")
         checkpoint.load_model_weights(self.model, state["model"], path)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
-            loop = state["loop"]
-            self.iteration, self.epoch = loop["iteration"], loop["epoch"]
-            self.epoch_batch, self.optimizer_steps = loop["epoch_batch"], loop["optimizer_steps"]
-            self.seed, self.best = state["seed"], dict(state["best"])
-        except (KeyError, ValueError, TypeError) as err:
-            raise CheckpointError(f"{path}: cannot resume from it ({type(err).__name__}: {err})") from None
-        for name, plugin_state in state.get("plugins", {}).items():
+        except ValueError as err:
+            raise CheckpointError(f"{path}: its optimizer state does not fit this run's optimizer ({err}); "
+                                  f"check [optim] against the run that saved it") from None
+        loop = state["loop"]
+        self.iteration, self.epoch = loop["iteration"], loop["epoch"]
+        self.epoch_batch, self.optimizer_steps = loop["epoch_batch"], loop["optimizer_steps"]
+        self.seed, self.best = state["seed"], dict(state["best"])
+        saved = state.get("plugins", {})
+        for name in saved:
             if self.plugins.pm.has_plugin(name):
-                call_one(self.plugins.pm, "load_state", name, run=self, state=plugin_state)
-        self.last_checkpoint = Path(path)
+                call_one(self.plugins.pm, "load_state", name, run=self, state=saved[name])
+        stateful = {impl.plugin_name for impl in self.hook.save_state.get_hookimpls()}
+        for names, how in ((sorted(set(saved) - stateful), "are not active now; their saved state is left out"),
+                           (sorted(stateful - set(saved)), "have no state in the checkpoint; they start fresh")):
+            if names:
+                self.log.info("resume: plugins %s %s", ", ".join(names), how)
+        rng.restore(state["rng"])  # last, so that nothing above draws from the restored streams
+        self.last_checkpoint = self.resumed_from = Path(path)
         self.log.info("resumed from %s at iteration %d", path, self.iteration)
 
 

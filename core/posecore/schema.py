@@ -28,6 +28,8 @@ CORE_SCHEMA = {
     "work_dir": Key(str, None, "Where checkpoints and run folders go. Default: `work_dirs/<config file stem>`."),
     "load_from": Key(str, None, "Checkpoint whose model weights initialise the run (iteration 0, fresh "
                                 "optimizer). With `resume = true` (posecore-resume) the run continues from it."),
+    "load_strict": Key(bool, True, "Whether `load_from` and `model.init_weights` must fit the model exactly; "
+                                   "false loads the keys that fit (e.g. a different head) and logs the rest."),
     "plugins": Key(list, [], "Plugins to activate by name; `\"no:NAME\"` blocks one.", item=str),
     "require": Key(list, [], "Distributions that must be installed, as pip requirements "
                              "(e.g. `\"posecore-amp>=0.1\"`), checked before anything runs.", item=str),
@@ -48,6 +50,8 @@ CORE_SCHEMA = {
         "deconv_channels": Key(list, None, "Channels of each deconvolution layer of the head (overrides the "
                                            "preset).", item=int, min=1),
         "dropout": Key(float, 0.0, "Dropout before the head's final convolution.", min=0.0, max=0.99),
+        "init_weights": Key(str, None, "Pretrained weights (a checkpoint or a state_dict file) to start from; "
+                                       "not re-applied when a run is resumed (its checkpoint already has them)."),
     }, "Top-down heatmap model: ResNet-style backbone and deconvolution head."),
     "train_dataloader": _dataloader(32, 1, _synthetic(20000, 0), "Training data."),
     "augment": Section({

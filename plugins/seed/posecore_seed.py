@@ -1,7 +1,9 @@
-"""posecore-seed: seed every random generator before anything is built, and keep their states in checkpoints.
+"""posecore-seed: seed every random generator before anything is built.
 
 ``[randomness]`` keys: ``seed`` (drawn, logged and recorded when unset), ``diff_rank_seed``
 (seed + rank on each distributed rank), ``deterministic`` (deterministic cuDNN and algorithms).
+The seed becomes the run's data seed (sampler order and augmentation are functions of seed, epoch and
+index); the core saves every global generator's state in checkpoints and restores it on resume.
 """
 
 from __future__ import annotations
@@ -70,33 +72,9 @@ def after_train(run: Any) -> None:
         os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
-@hookimpl
-def save_state(run: Any) -> dict[str, Any]:
-    import torch
-
-    version, python_state, gauss = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "seed": run.seed,
-        "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached": float(cached)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-@hookimpl
-def load_state(run: Any, state: dict[str, Any]) -> None:
-    import torch
-
-    python = state["python"]
-    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
-    numpy = state["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
-                         numpy["cached"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    run.config.setdefault("randomness", {})["seed"] = run.seed = state["seed"]
-    run.log.info("randomness: continuing with the checkpoint's seed %d", run.seed)
+@hookimpl(trylast=True)
+def before_train(run: Any) -> None:
+    """A resumed run continues with the checkpoint's seed (restored by the core): record that one."""
+    if run.resumed_from is not None:
+        run.config.setdefault("randomness", {})["seed"] = run.seed
+        run.log.info("randomness: continuing with the checkpoint's seed %d", run.seed)

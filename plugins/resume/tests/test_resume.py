@@ -115,7 +115,7 @@ def test_a_checkpoint_that_does_not_load_is_skipped_for_the_previous_one(tmp_pat
     recording = run_training(tmp_path, plugins={"resume": posecore_resume},
                              cfg_options=["resume=true", "train.max_iters=6"])
     log = log_of(recording.run.run_dir)
-    assert f"resume: skipping {(tmp_path / 'iter_4.pth').resolve()}: not a loadable checkpoint" in log
+    assert f"resume: skipping {(tmp_path / 'iter_4.pth').resolve()}: checksum mismatch" in log
     assert f"resumed from {tmp_path / 'iter_2.pth'} at iteration 2" in log
     assert recording.count("backward_step") == 4
 

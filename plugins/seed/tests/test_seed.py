@@ -59,7 +59,7 @@ def test_a_drawn_seed_reproduces_its_run(tmp_path):
 @pytest.mark.parametrize("seed", [0, 2**63 - 1])
 def test_the_schema_bounds_are_seeds_every_generator_accepts(tmp_path, seed):
     state, used = train(tmp_path / "wd", f"randomness.seed={seed}")
-    assert used == seed and state["plugins"]["seed"]["seed"] == seed
+    assert used == seed and state["seed"] == seed
 
 
 def test_seed_out_of_range_is_a_config_error(tmp_path):
@@ -83,16 +83,16 @@ def test_unset_seed_is_drawn_and_appears_in_log_checkpoint_and_config(tmp_path):
     assert state["meta"]["plugins"]["seed"] == "0.1.0"
 
 
-def test_checkpoint_holds_every_generator_state_under_the_plugin_name(tmp_path):
+def test_checkpoint_holds_the_seed_and_every_generator_state(tmp_path):
     state, seed = train(tmp_path / "wd", "randomness.seed=7")
-    saved = state["plugins"]["seed"]
-    assert set(saved) == {"seed", "python", "numpy", "torch", "cuda"}
-    assert saved["seed"] == seed == 7
+    saved = state["rng"]  # the core keeps the generators, so runs resume exactly with or without this plugin
+    assert set(saved) == {"python", "numpy", "torch", "cuda"}
+    assert state["seed"] == seed == 7
     assert saved["python"]["state"].dtype == torch.int64 and saved["python"]["state"].numel() == 625
     assert saved["numpy"]["keys"].numel() == 624 and isinstance(saved["numpy"]["pos"], int)
     assert torch.equal(saved["torch"], torch.get_rng_state())  # nothing drew from it after the last save
     assert len(saved["cuda"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
-    assert set(state["plugins"]) == {"seed"}
+    assert "seed" not in state["plugins"]
 
 
 def test_deterministic_mode_runs(tmp_path):
