@@ -3,6 +3,15 @@
 ``--resume`` (``resume = true``) continues from the latest valid checkpoint in the work dir, or
 starts fresh when there is none; ``--resume PATH`` (``resume = true`` + ``load_from = PATH``)
 continues from that file. ``load_from`` without ``resume`` is the core's: weights only.
+
+Everything comes back: weights, optimizer, schedule and loop position (mid-epoch too: the sampler
+skips indices, it loads nothing it skips), the data seed and every generator's state, the best
+metric, and each plugin's state. The rest of the run is bitwise the run that was never stopped.
+
+Preemption: on SIGTERM (or Ctrl-C) the core finishes the iteration, saves a checkpoint and exits
+with 128 + the signal number: **143** for SIGTERM, **130** for SIGINT. ``--resume`` then loses nothing.
+A checkpoint whose ``.sha256`` does not match, or that does not load, is skipped with a warning in
+favour of the previous one.
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ def before_build(run: Any) -> None:
     if seed is None:
         seed = secrets.randbits(31)
         run.log.info("randomness.seed not set: drew seed %d", seed)
-    if options.get("diff_rank_seed") and torch.distributed.is_available() and torch.distributed.is_initialized():
-        seed += torch.distributed.get_rank()
+    if options.get("diff_rank_seed"):
+        seed += int(os.environ.get("RANK", 0))  # torchrun's rank; 0 in a single process
     options["seed"] = run.seed = seed
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from helpers import posecore
+from posecore import hookimpl
+from posecore.errors import CheckpointError
 from posecore.config import dumps
 from posecore.testing import TINY_CONFIG, run_training
 
@@ -145,3 +147,72 @@ def test_a_resumed_run_records_the_seed_it_continues_with(tmp_path):
     assert second.run.seed == first.run.seed
     recorded = tomllib.loads((second.run.vis_dir / "config.toml").read_text())
     assert recorded["randomness"]["seed"] == first.run.seed
+
+
+def test_last_checkpoint_pointing_at_a_missing_file_falls_back_to_the_newest(tmp_path):
+    run_training(tmp_path, plugins={"resume": posecore_resume})
+    (tmp_path / "last_checkpoint").write_text(str(tmp_path / "iter_99.pth"))
+    recording = run_training(tmp_path, plugins={"resume": posecore_resume},
+                             cfg_options=["resume=true", "train.max_iters=6"])
+    log = log_of(recording.run.run_dir)
+    assert f"resume: skipping {tmp_path / 'iter_99.pth'}: checkpoint not found" in log
+    assert f"resumed from {tmp_path / 'iter_4.pth'} at iteration 4" in log
+
+
+def test_resume_true_with_load_from_in_toml_continues_from_that_file(tmp_path):
+    run_training(tmp_path / "a", plugins={"resume": posecore_resume})
+    source = tmp_path / "a" / "iter_2.pth"
+    recording = run_training(tmp_path / "b", plugins={"resume": posecore_resume},
+                             cfg_options=["resume=true", f"load_from={json.dumps(str(source))}"])
+    assert f"resumed from {source} at iteration 2" in log_of(recording.run.run_dir)
+    assert recording.count("backward_step") == 2
+
+
+class CountLoads:
+    """Counts the samples the training data source loads (the sampler must skip, not load, on resume)."""
+
+    loaded: list[int] = []
+
+    @hookimpl
+    def before_train(self, run):
+        source = run.train_loader.dataset.source
+        real_load = source.load
+
+        def load(index):
+            CountLoads.loaded.append(index)
+            return real_load(index)
+
+        source.load = load
+
+
+def test_resuming_mid_epoch_loads_none_of_the_skipped_samples(tmp_path):
+    run_training(tmp_path, plugins={"resume": posecore_resume}, cfg_options=["train.max_iters=3",
+                                                                             "checkpoint.interval=3"])
+    CountLoads.loaded = []
+    run_training(tmp_path, plugins={"resume": posecore_resume, "count": CountLoads()},
+                 cfg_options=["resume=true", "plugins=['count']", "train.max_iters=5"])
+    assert len(CountLoads.loaded) == 2 * TINY_CONFIG["train_dataloader"]["batch_size"]  # iterations 4 and 5 only
+
+
+def test_init_weights_start_a_fresh_run_but_are_not_reapplied_on_resume(tmp_path):
+    run_training(tmp_path / "pretrained")
+    weights = tmp_path / "backbone.pt"
+    torch.save(torch.load(tmp_path / "pretrained" / "iter_4.pth", weights_only=True)["model"], weights)
+    options = [f"model.init_weights={json.dumps(str(weights))}", "train.max_iters=2"]
+    fresh = run_training(tmp_path / "run", plugins={"resume": posecore_resume}, cfg_options=options)
+    assert f"loaded model weights from {weights}" in log_of(fresh.run.run_dir)
+    resumed = run_training(tmp_path / "run", plugins={"resume": posecore_resume},
+                           cfg_options=[*options[:1], "resume=true", "train.max_iters=4"])
+    log = log_of(resumed.run.run_dir)
+    assert "model.init_weights not applied: resumed from" in log and "loaded model weights" not in log
+
+
+def test_load_from_a_different_head_needs_load_strict_false(tmp_path):
+    run_training(tmp_path / "a")
+    source = tmp_path / "a" / "iter_4.pth"
+    other_head = [f"load_from={json.dumps(str(source))}", "model.deconv_channels=[4]"]
+    with pytest.raises(CheckpointError, match=r"weights do not fit this model .*set load_strict = false"):
+        run_training(tmp_path / "b", cfg_options=other_head)
+    recording = run_training(tmp_path / "c", cfg_options=[*other_head, "load_strict=false"])
+    log = log_of(recording.run.run_dir)
+    assert "(load_strict = false: skipped head.0.weight" in log

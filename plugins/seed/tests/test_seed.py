@@ -104,3 +104,10 @@ def test_deterministic_mode_runs(tmp_path):
     state = torch.load(work_dir / "iter_4.pth", weights_only=True)
     assert state["loop"]["iteration"] == 4
     assert tomllib.loads(state["config"])["randomness"]["deterministic"] is True
+
+
+@pytest.mark.parametrize("diff_rank_seed, expected", [(True, 1001), (False, 1000)])
+def test_diff_rank_seed_adds_the_rank(tmp_path, monkeypatch, diff_rank_seed, expected):
+    monkeypatch.setenv("RANK", "1")  # as torchrun sets it on the second process
+    _, used = train(tmp_path / "wd", "randomness.seed=1000", f"randomness.diff_rank_seed={diff_rank_seed}")
+    assert used == expected
