@@ -37,28 +37,26 @@ def cli() -> None:
 
 
 def _config_options(command: Any) -> Any:
-    command = click.option("--plugin", "plugins", multiple=True, metavar="NAME",
-                           help="Activate an installed plugin; no:NAME blocks one. Repeatable.")(command)
-    command = click.option("--cfg-options", "cfg_options", multiple=True, metavar="KEY=VALUE ...",
-                           help="Override config keys, e.g. randomness.seed=2023 train.max_iters=500 "
-                                "(several pairs after one flag; values parse as TOML, True/False/None too).")(command)
+    """The options that shape a config, shared by train, config and plugins (they see the same config)."""
+    options = [
+        click.option("--cfg-options", "cfg_options", multiple=True, metavar="KEY=VALUE ...",
+                     help="Override config keys, e.g. randomness.seed=2023 train.max_iters=500 "
+                          "(several pairs after one flag; values parse as TOML, True/False/None too)."),
+        click.option("--plugin", "plugins", multiple=True, metavar="NAME",
+                     help="Activate an installed plugin; no:NAME blocks one. Repeatable."),
+        click.option("--amp", is_flag=True, help="Automatic mixed precision (posecore-amp): amp.enabled=true."),
+        click.option("--resume", is_flag=False, flag_value="auto", default=None, metavar="[PATH]",
+                     help="Continue from the latest checkpoint in the work dir, or from PATH (posecore-resume)."),
+        click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Where checkpoints and run folders go (default: work_dirs/<config stem>)."),
+    ]
+    for option in options:
+        command = option(command)
     return command
 
 
-@cli.command(epilog=EXAMPLES)
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where checkpoints and run folders go (default: work_dirs/<config stem>).")
-@click.option("--resume", is_flag=False, flag_value="auto", default=None, metavar="[PATH]",
-              help="Continue from the latest checkpoint in the work dir, or from PATH (posecore-resume).")
-@click.option("--amp", is_flag=True, help="Automatic mixed precision (posecore-amp); same as amp.enabled=true.")
-@_config_options
-def train(config: Path, work_dir: Path | None, resume: str | None, amp: bool, plugins: tuple[str, ...],
-          cfg_options: tuple[str, ...]) -> None:
-    """Train the model CONFIG describes."""
-    from posecore.plugins import load_config
-    from posecore.run import Run, train as run_training
-
+def _overrides(cfg_options: tuple[str, ...], work_dir: Path | None, amp: bool, resume: str | None) -> list[str]:
+    """``--cfg-options`` plus the shorthands, which are config keys too: one way to set each thing."""
     overrides = list(cfg_options)
     if work_dir is not None:
         overrides.append(f"work_dir={json.dumps(str(work_dir))}")
@@ -68,7 +66,18 @@ def train(config: Path, work_dir: Path | None, resume: str | None, amp: bool, pl
         overrides.append("resume=true")
         if resume != "auto":
             overrides.append(f"load_from={json.dumps(resume)}")
-    settings, plugin_set = load_config(config, overrides, plugins)
+    return overrides
+
+
+@cli.command(epilog=EXAMPLES)
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@_config_options
+def train(config: Path, plugins: tuple[str, ...], cfg_options: tuple[str, ...], **shorthands: Any) -> None:
+    """Train the model CONFIG describes."""
+    from posecore.plugins import load_config
+    from posecore.run import Run, train as run_training
+
+    settings, plugin_set = load_config(config, _overrides(cfg_options, **shorthands), plugins)
     run = Run(settings, plugin_set)
     try:
         run_training(run)
@@ -85,7 +94,8 @@ def train(config: Path, work_dir: Path | None, resume: str | None, amp: bool, pl
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--reference", is_flag=True, help="Print the Markdown reference of every key instead.")
 @_config_options
-def config(config: Path | None, reference: bool, plugins: tuple[str, ...], cfg_options: tuple[str, ...]) -> None:
+def config(config: Path | None, reference: bool, plugins: tuple[str, ...], cfg_options: tuple[str, ...],
+           **shorthands: Any) -> None:
     """Print the merged, validated CONFIG with every default, as TOML."""
     from posecore import config as config_module
     from posecore.plugins import call_each, core_plugin, discover, new_manager
@@ -100,7 +110,7 @@ def config(config: Path | None, reference: bool, plugins: tuple[str, ...], cfg_o
         raise click.UsageError("missing CONFIG (or --reference)")
     from posecore.plugins import load_config
 
-    settings, _ = load_config(config, list(cfg_options), plugins)
+    settings, _ = load_config(config, _overrides(cfg_options, **shorthands), plugins)
     click.echo(config_module.dumps(settings), nl=False)
 
 
@@ -109,14 +119,15 @@ def config(config: Path | None, reference: bool, plugins: tuple[str, ...], cfg_o
               help="Also say which plugins this config activates.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_config_options
-def plugins(config_path: Path | None, as_json: bool, plugins: tuple[str, ...], cfg_options: tuple[str, ...]) -> None:
+def plugins(config_path: Path | None, as_json: bool, plugins: tuple[str, ...], cfg_options: tuple[str, ...],
+            **shorthands: Any) -> None:
     """List installed plugins: name, distribution, version, hooks, and whether active."""
     from posecore.plugins import discover, load_config, new_manager
 
     installed = discover()
     active = None
     if config_path is not None:
-        _, plugin_set = load_config(config_path, list(cfg_options), plugins)
+        _, plugin_set = load_config(config_path, _overrides(cfg_options, **shorthands), plugins)
         active = {p.name for p in plugin_set.active}
     rows = []
     for plugin in sorted(installed, key=lambda p: p.name):

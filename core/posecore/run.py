@@ -242,8 +242,7 @@ class Run:
         steps = interval if self.iteration % interval == 0 else self.iteration % interval
         value = loss.item()
         if not math.isfinite(value):
-            raise PosecoreError(f"loss is {value} at iteration {self.iteration}; stopping. The last good "
-                                f"checkpoint is {self.last_checkpoint or 'none (no checkpoint saved yet)'}")
+            self.require_finite_weights(f"loss is {value}")
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         scalars = {
             "loss": value,
@@ -332,8 +331,17 @@ class Run:
             "plugins": call_each(self.plugins.pm, "save_state", run=self),
         }
 
+    def require_finite_weights(self, finding: str) -> None:
+        """Stop the run when inf/NaN reached the weights (a skipped AMP step leaves them finite): a device sync."""
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all().item()
+        if not finite:
+            raise PosecoreError(f"{finding} at iteration {self.iteration} and the weights are no longer finite; "
+                                f"stopping. The last good checkpoint is "
+                                f"{self.last_checkpoint or 'none (no checkpoint saved yet)'}")
+
     def save(self) -> Path:
-        """Write ``iter_<N>.pth`` atomically, move the pointers to it, then prune old ones."""
+        """Write ``iter_<N>.pth`` atomically (never with inf/NaN weights), move the pointers, prune old ones."""
+        self.require_finite_weights("about to save a checkpoint")
         path = self.work_dir / f"iter_{self.iteration}.pth"
         checkpoint.save(path, self.state())
         checkpoint.update_pointers(self.work_dir, path)

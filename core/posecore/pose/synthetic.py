@@ -1,10 +1,12 @@
 """Procedurally drawn stick figures with COCO-17 keypoints: a dataset that needs no files.
 
 Every figure faces the viewer, so the person's left side is on the image's right, as for a person
-photographed from the front; a mirrored figure with its left/right labels swapped is therefore
-again a valid sample, which is what horizontal-flip augmentation assumes. Limbs are coloured per
-body side (left: reds to yellows, right: blues to cyans) and the upper and lower segment of a limb
-differ in shade, so elbows and knees show as colour edges.
+photographed from the front; a mirrored figure with its left/right labels swapped is therefore again
+a valid sample, which is what horizontal-flip augmentation assumes. Limbs are coloured per body side
+(left: reds and oranges, right: blues) and the two segments of a limb differ in shade, so elbows and
+knees show as colour edges. Flipping keeps the colours but swaps the labels, so a model trained with
+flips learns the side from the figure's geometry, not from the colour; the colours still tell the
+two arms (or legs) apart where they cross.
 """
 
 from __future__ import annotations
@@ -93,8 +95,10 @@ class SyntheticPoses:
         """A smooth random colour field plus grey pixel noise, float32 (H, W, 3) in 0..255."""
         width, height = self.image_size
         grid = rng.uniform(0, 255, (_BACKGROUND_GRID, _BACKGROUND_GRID, 3)).astype(np.float32)
-        rows = (self._background_cols @ grid.transpose(1, 0, 2).reshape(_BACKGROUND_GRID, -1)).reshape(width, -1, 3)
-        canvas = (self._background_rows @ rows.transpose(1, 0, 2).reshape(_BACKGROUND_GRID, -1)).reshape(height, width, 3)
+        # Interpolate along x, then along y, as two small matrix products.
+        along_x = self._background_cols @ grid.transpose(1, 0, 2).reshape(_BACKGROUND_GRID, -1)
+        along_x = along_x.reshape(width, _BACKGROUND_GRID, 3).transpose(1, 0, 2).reshape(_BACKGROUND_GRID, -1)
+        canvas = (self._background_rows @ along_x).reshape(height, width, 3)
         noise_amplitude = rng.uniform(0, 40)
         canvas += (rng.random((height, width, 1), dtype=np.float32) - 0.5) * noise_amplitude
         return canvas
@@ -104,7 +108,7 @@ class _Figure:
     """A random front-facing stick figure: keypoints, limb thickness, head and colours."""
 
     def __init__(self, rng: np.random.Generator) -> None:
-        lengths = rng.uniform(0.9, 1.1, 8) * (1.0 - 0.35 * rng.random(8) ** 2)  # size spread, foreshortening
+        lengths = rng.uniform(0.9, 1.1, 6) * (1.0 - 0.35 * rng.random(6) ** 2)  # size spread, foreshortening
         upper_arm, forearm, thigh, shin = lengths[:4] * (_UPPER_ARM, _FOREARM, _THIGH, _SHIN)
         twist = rng.uniform(0.6, 1.0)  # turning about the vertical axis narrows shoulders and hips
         lean = np.deg2rad(np.clip(rng.normal(0, 12), -35, 35))
@@ -160,7 +164,7 @@ class _Figure:
         return np.concatenate([low, np.maximum(high - low, 1.0)])
 
     def draw(self, canvas: np.ndarray, rng: np.random.Generator) -> None:
-        """Paint torso, legs, arms (nearer side last, at random) and head into ``canvas``."""
+        """Paint torso, legs, arms (the two sides in random order) and head into ``canvas``."""
         colours, kp, limb_radius = self.colours, self.keypoints, self.thickness
         _draw_polygon(canvas, kp[list(_TORSO_CORNERS)], limb_radius, colours["torso"])
         sides = (_LEFT, _RIGHT) if rng.random() < 0.5 else (_RIGHT, _LEFT)
@@ -213,7 +217,7 @@ def _figure_colours(rng: np.random.Generator) -> dict:
 
 
 def _draw_clutter(canvas: np.ndarray, rng: np.random.Generator) -> None:
-    """A few random sticks and discs behind the figure, so the net cannot key on any non-background pixel."""
+    """A few random sticks and discs behind the figure: the net has to tell the figure from other shapes."""
     height, width = canvas.shape[:2]
     size = np.array([width, height])
     for _ in range(rng.integers(2, 7)):
@@ -224,7 +228,7 @@ def _draw_clutter(canvas: np.ndarray, rng: np.random.Generator) -> None:
 
 
 def _occlude(canvas: np.ndarray, keypoints: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Sometimes cover one limb joint with a rectangle; returns which keypoints stay visible."""
+    """Sometimes cover an elbow, wrist, hip, knee or ankle with a rectangle; returns which keypoints stay visible."""
     visible = np.ones(len(keypoints), dtype=bool)
     if rng.random() >= 0.3:
         return visible

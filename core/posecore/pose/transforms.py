@@ -18,7 +18,9 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
 
 
-def box_to_center_scale(box: Sequence[float], aspect_ratio: float, padding: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
+def box_to_center_scale(
+    box: Sequence[float], aspect_ratio: float, padding: float = 1.25
+) -> tuple[np.ndarray, np.ndarray]:
     """Centre (2,) and size (2,) in pixels of the crop around box (x, y, w, h).
 
     The box is widened or heightened to ``aspect_ratio`` (width / height of the network input), then
@@ -193,9 +195,9 @@ class TopDownTransform:
         rotate_draw, flip_draw = rng.random(2)
         factor = self.scale_factor
         crop_scale = scale * np.float32(np.clip(1 + scale_noise * factor, 1 - factor, 1 + factor))
-        rotation = 0.0
+        rotation, limit = 0.0, 2 * self.rotate_factor
         if rotate_draw < self.rotate_prob:
-            rotation = float(np.clip(rotate_noise * self.rotate_factor, -2 * self.rotate_factor, 2 * self.rotate_factor))
+            rotation = float(np.clip(rotate_noise * self.rotate_factor, -limit, limit))
         return crop_scale, rotation, bool(flip_draw < self.flip_prob)
 
 

@@ -104,3 +104,15 @@ def test_resume_is_exact_without_randomness_section(config, tmp_path):
 def test_num_workers_does_not_change_the_result(config, straight, tmp_path):
     train(config, tmp_path, "randomness.seed=11", "train_dataloader.num_workers=2")
     assert_same_weights(straight / f"iter_{ITERS}.pth", tmp_path / f"iter_{ITERS}.pth")
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_amp_run_equals_uninterrupted(config, tmp_path):
+    """With posecore-amp (bfloat16 on a CPU; float16 adds the scaler, whose state is checkpointed too)."""
+    seeded = ["randomness.seed=5"]
+    train(config, tmp_path / "straight", "--amp", *seeded)
+    assert kill_during_training(config, tmp_path / "killed", signal.SIGKILL, "amp.enabled=true", *seeded) == \
+        -signal.SIGKILL
+    resumed = train(config, tmp_path / "killed", "--resume", "--amp", *seeded)
+    assert "resumed from" in resumed.stderr and "plugins: amp-0.1.0" in resumed.stderr
+    assert_same_weights(tmp_path / "straight" / f"iter_{ITERS}.pth", tmp_path / "killed" / f"iter_{ITERS}.pth")
