@@ -36,9 +36,11 @@ def vis_backends() -> Mapping[str, type] | None:
     """Return ``{type name: class}`` of vis backends this plugin provides.
 
     Called for every installed plugin; naming a type in ``visualizer.vis_backends`` activates its
-    plugin. A class is built as ``cls(vis_dir, **options)`` (``vis_dir``: the run's ``vis_data`` folder), declares its options as a
-    ``options: Section`` class attribute and has ``add_scalars(scalars, step)``,
-    ``add_config(text)`` and ``close()``.
+    plugin. A class is built as ``cls(vis_dir, resume_step, **options)`` (``vis_dir``: the ``vis_data``
+    folder; ``resume_step``: None, or the step a resumed run continues after, whose later records a
+    crash left behind are to be dropped), declares its options as a
+    ``options: Section`` class attribute and has ``add_scalars(scalars, step)``, ``add_config(text)``,
+    ``flush()`` (after each validation) and ``close()``.
     """
 
 

@@ -35,7 +35,7 @@ def train(run: Run) -> None:
         hook.before_build(run=run)
         run.build()
         hook.before_train(run=run)
-        run.record_config()
+        run.start_vis()
         batches = run.train_batches()
         forward = hook.forward_context(run=run) or contextlib.nullcontext()
         before_iter = hook.before_iter if hook.before_iter.get_hookimpls() else None
@@ -117,7 +117,7 @@ class Run:
     # ----------------------------------------------------------------------------------- set-up
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
-        """Create the run folder, logging, vis backends and signal handlers; call ``after_train`` at the end."""
+        """Create the run folder, logging and signal handlers; call ``after_train`` and close backends at the end."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d_%H%M%S")
         self.run_dir = self.work_dir / stamp
@@ -126,14 +126,12 @@ class Run:
             suffix += 1
             self.run_dir = self.work_dir / f"{stamp}_{suffix}"
         self.vis_dir = self.run_dir / "vis_data"
-        self.vis_dir.mkdir(parents=True)
+        self.run_dir.mkdir()
         handlers = setup_logger(self.log, self.run_dir / f"{self.run_dir.name}.log")
         self.progress = Progress(sys.stderr) if sys.stderr.isatty() else None
         self.log.info("posecore %s, torch %s, device %s, %s", __version__, torch.__version__, self.device,
                       self.plugins.header())
         self.log.info("work dir %s, run folder %s", self.work_dir, self.run_dir)
-        self.backends = [self.plugins.backends[entry["type"]](self.vis_dir, **_options(entry))
-                         for entry in self.config["visualizer"]["vis_backends"]]
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         error: BaseException | None = None
         try:
@@ -192,8 +190,16 @@ class Run:
         train_cfg = self.config["train"]
         self.max_iters = train_cfg.get("max_iters") or train_cfg["max_epochs"] * per_epoch
 
-    def record_config(self) -> None:
-        """Dump the config as this run uses it (seed drawn or resumed included) to vis_data and backends."""
+    def start_vis(self) -> None:
+        """Open the vis backends and dump the config as this run uses it (drawn or resumed seed included).
+
+        A resumed run continues the ``vis_data`` of the run it resumes, from the checkpoint's step on, so
+        its scalars form one series with no repeated steps.
+        """
+        self.vis_dir.mkdir(parents=True, exist_ok=True)
+        after = self.iteration if self.resumed_from is not None else None
+        self.backends = [self.plugins.backends[entry["type"]](self.vis_dir, resume_step=after, **_options(entry))
+                         for entry in self.config["visualizer"]["vis_backends"]]
         text = dumps(self.config)
         (self.vis_dir / "config.toml").write_text(text, encoding="utf-8")
         for backend in self.backends:
@@ -290,6 +296,8 @@ class Run:
                               evaluator["thr"])}
         self.hook.after_val(run=self, metrics=metrics)
         self.write_scalars({f"val/{name}": value for name, value in metrics.items()})
+        for backend in self.backends:
+            backend.flush()
         self.log.info("Iter(val) [%d]  %s", self.iteration, format_scalars(metrics))
         self._keep_best(metrics)
         self.timer.reset(time.perf_counter())
@@ -324,6 +332,7 @@ class Run:
                      "optimizer_steps": self.optimizer_steps, "max_iters": self.max_iters},
             "seed": self.seed,
             "rng": rng.capture(),
+            "vis_dir": str(self.vis_dir.resolve()),
             "best": dict(self.best),
             "config": dumps(self.config),
             "meta": {"posecore": __version__, "torch": str(torch.__version__), "time": time.time(),
@@ -385,6 +394,9 @@ class Run:
         rng.restore(state["rng"])  # last, so that nothing above draws from the restored streams
         self.last_checkpoint = self.resumed_from = Path(path)
         self.log.info("resumed from %s at iteration %d", path, self.iteration)
+        if state.get("vis_dir") and Path(state["vis_dir"]).is_dir():
+            self.vis_dir = Path(state["vis_dir"])
+            self.log.info("continuing the scalars in %s", self.vis_dir)
 
 
 def lr_factor(schedule: dict[str, Any], step: int, total: int) -> float:

@@ -1,6 +1,10 @@
-"""posecore-tensorboard: ``TensorboardVisBackend`` writes event files to ``<run folder>/vis_data``.
+"""posecore-tensorboard: ``TensorboardVisBackend`` writes event files into the run's ``vis_data`` folder.
 
-``--plugin tensorboard`` adds the backend without editing the config.
+Active when ``visualizer.vis_backends`` names ``TensorboardVisBackend``, or with ``--plugin tensorboard``
+(which adds the backend without editing the config). Scalars share one step axis, the global
+iteration; a resumed run continues the same event files (``purge_step`` drops what a crash left after
+the checkpoint). At each validation it adds a grid of validation crops with the ground truth (green)
+and the prediction (red) drawn; at the end the run's hyper-parameters with its final metrics (HParams).
 """
 
 from __future__ import annotations
@@ -11,17 +15,24 @@ from typing import Any, Mapping
 from posecore import hookimpl
 from posecore.config import Key, Section
 
+_GT, _PREDICTED = (60, 220, 60), (235, 50, 50)
+
 
 class TensorboardVisBackend:
-    """Scalars and the config as TensorBoard events, readable by ``tensorboard --logdir <vis_data>``."""
+    """Scalars, the config, images and HParams as TensorBoard events: ``tensorboard --logdir <vis_data>``."""
 
-    options = Section({"flush_secs": Key(int, 30, "Seconds between flushes to disk.", min=1)},
-                      "TensorBoard event files (posecore-tensorboard).")
+    options = Section({
+        "flush_secs": Key(int, 30, "Seconds between flushes to disk (and at each validation and at exit).", min=1),
+        "num_images": Key(int, 8, "Validation crops drawn at each validation (0: none).", min=0),
+    }, "TensorBoard event files (posecore-tensorboard).")
 
-    def __init__(self, vis_dir: Path, flush_secs: int = 30) -> None:
+    def __init__(self, vis_dir: Path, resume_step: int | None = None, flush_secs: int = 30,
+                 num_images: int = 8) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(vis_dir), flush_secs=flush_secs)
+        purge = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(log_dir=str(vis_dir), purge_step=purge, flush_secs=flush_secs)
+        self.num_images = num_images
 
     def add_scalars(self, scalars: Mapping[str, float], step: int) -> None:
         for tag, value in scalars.items():
@@ -29,6 +40,9 @@ class TensorboardVisBackend:
 
     def add_config(self, text: str) -> None:
         self.writer.add_text("config", "```toml\n" + text + "\n```")
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
@@ -45,3 +59,65 @@ def configure(config: dict[str, Any]) -> None:
     if not any(entry["type"] == "TensorboardVisBackend" for entry in backends):
         defaults = {name: key.default for name, key in TensorboardVisBackend.options.keys.items()}
         backends.append({"type": "TensorboardVisBackend", **defaults})
+
+
+def _writers(run: Any) -> list[TensorboardVisBackend]:
+    return [b for b in run.backends if isinstance(b, TensorboardVisBackend)]
+
+
+@hookimpl
+def after_val(run: Any, metrics: Mapping[str, float]) -> None:
+    run.plugin_data["tensorboard"] = dict(metrics)
+    for backend in _writers(run):
+        if backend.num_images:
+            backend.writer.add_image("val/predictions", _prediction_grid(run, backend.num_images), run.iteration,
+                                     dataformats="HWC")
+
+
+def _prediction_grid(run: Any, count: int) -> Any:
+    """The first ``count`` validation crops with ground truth and prediction drawn (model in eval mode)."""
+    import numpy as np
+    import torch
+
+    from posecore.pose.draw import draw_pose, grid, to_uint8
+    from posecore.pose.metrics import decode_heatmaps
+    from posecore.pose.transforms import affine_matrix, transform_points
+
+    dataset = run.val_loader.dataset
+    samples = [dataset[(0, i)] for i in range(min(count, len(dataset)))]
+    codec = run.config["codec"]
+    stride = np.array(codec["input_size"]) / np.array(codec["heatmap_size"])
+    was_training = run.model.training
+    run.model.eval()
+    with torch.no_grad():
+        heatmaps = run.model(torch.from_numpy(np.stack([s["img"] for s in samples])).to(run.device))
+    run.model.train(was_training)
+    predicted, _ = decode_heatmaps(heatmaps.float().cpu())
+    skeleton = dataset.source.keypoint_info.skeleton
+    tiles = []
+    for sample, coords in zip(samples, predicted.numpy()):
+        to_crop = affine_matrix(sample["center"], sample["scale"], 0.0, tuple(codec["input_size"]))
+        image = draw_pose(to_uint8(sample["img"]), transform_points(sample["keypoints"], to_crop), sample["visible"],
+                          skeleton, _GT)
+        tiles.append(draw_pose(image, (coords + 0.5) * stride - 0.5, np.ones(len(coords)), skeleton, _PREDICTED))
+    return grid(tiles, columns=min(4, len(tiles)))
+
+
+@hookimpl
+def after_train(run: Any, error: BaseException | None) -> None:
+    """HParams: the run's main settings beside its final metrics, so runs compare side by side."""
+    metrics = run.plugin_data.get("tensorboard")
+    if error is not None or not metrics:
+        return
+    config = run.config
+    hparams = {"optim.type": config["optim"]["type"], "optim.lr": config["optim"]["lr"],
+               "optim.weight_decay": config["optim"]["weight_decay"], "model.preset": config["model"]["preset"],
+               "batch_size": config["train_dataloader"]["batch_size"], "max_iters": run.max_iters,
+               "seed": run.seed, "input_size": str(config["codec"]["input_size"])}
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    for backend in _writers(run):
+        for summary in hparams_summary(hparams, {f"hparam/{k}": v for k, v in metrics.items()}):
+            backend.writer.file_writer.add_summary(summary, run.iteration)
+        for name, value in metrics.items():
+            backend.writer.add_scalar(f"hparam/{name}", value, run.iteration)

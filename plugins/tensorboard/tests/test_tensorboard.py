@@ -72,3 +72,75 @@ def test_blocked_or_misconfigured_backend_is_one_line_and_exit_2(tmp_path, args,
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("posecore: error: ") and line.endswith(message)
+
+
+def test_validation_images_hparams_and_amp_scalars_are_written(tmp_path):
+    work_dir = tmp_path / "wd"
+    result = posecore("train", str(write_tiny(tmp_path)), "--work-dir", str(work_dir), "--plugin", "tensorboard",
+                      "--amp", "--cfg-options", "amp.dtype=float16")
+    assert result.returncode == 0, result.stderr
+    (vis_dir,) = work_dir.glob("*/vis_data")
+    written = events(vis_dir)
+    images = written.Images("val/predictions")
+    assert [image.step for image in images] == [2, 4]
+    assert images[0].width == 4 * 32 + 3 and images[0].height == 2 * 32 + 1  # 8 crops of 32x32, 4 per row
+    assert [e.step for e in written.Scalars("amp/loss_scale")] == [2, 4]
+    assert [e.step for e in written.Scalars("amp/skipped_steps")] == [2, 4]
+    assert [e.step for e in written.Scalars("hparam/PCK")] == [4]
+    assert set(written.PluginTagToContent("hparams")) == {
+        "_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"}
+
+
+def test_a_resumed_run_continues_the_same_series_without_repeated_steps(tmp_path):
+    config, work_dir = write_tiny(tmp_path), tmp_path / "wd"
+    first = posecore("train", str(config), "--work-dir", str(work_dir), "--plugin", "tensorboard",
+                     "--cfg-options", "train.max_iters=8", "checkpoint.interval=4", "train.log_interval=1")
+    assert first.returncode == 0, first.stderr
+    # As if the run had crashed after iteration 8 but its newest checkpoint were iteration 4.
+    for name in ("iter_8.pth", "iter_8.pth.sha256", "last_checkpoint", "latest.pth"):
+        (work_dir / name).unlink()
+    resumed = posecore("train", str(config), "--work-dir", str(work_dir), "--plugin", "tensorboard", "--resume",
+                       "--cfg-options", "train.max_iters=10", "checkpoint.interval=4", "train.log_interval=1")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr and "at iteration 4" in resumed.stderr
+    vis_dirs = list(work_dir.glob("*/vis_data"))
+    assert len(vis_dirs) == 1  # the resumed run wrote into the first run's vis_data
+    steps = [event.step for event in events(vis_dirs[0]).Scalars("loss")]
+    assert steps == list(range(1, 11))
+    json_steps = [json.loads(line)["step"] for line in (vis_dirs[0] / "scalars.json").read_text().splitlines()
+                  if "loss" in line]
+    assert json_steps == list(range(1, 11))
+
+
+def test_a_real_tensorboard_server_serves_the_run(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    work_dir = tmp_path / "wd"
+    result = posecore("train", str(write_tiny(tmp_path)), "--work-dir", str(work_dir), "--plugin", "tensorboard")
+    assert result.returncode == 0, result.stderr
+    (vis_dir,) = work_dir.glob("*/vis_data")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(vis_dir), "--host",
+                               "127.0.0.1", "--port", str(port), "--load_fast", "false"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, tags = time.monotonic() + 60, {}
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5) as reply:
+                    tags = json.loads(reply.read())
+                if tags:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert {"loss", "lr", "val/PCK"} <= set(tags["."])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
