@@ -38,7 +38,9 @@ def train(run: Run) -> None:
         run.start_vis()
         batches = run.train_batches()
         forward = hook.forward_context(run=run) or contextlib.nullcontext()
+        # Hooks nobody implements are skipped outright: the loop costs what a plain loop costs.
         before_iter = hook.before_iter if hook.before_iter.get_hookimpls() else None
+        after_iter = hook.after_iter if hook.after_iter.get_hookimpls() else None
         log_every, val_every = run.config["train"]["log_interval"], run.config["train"]["val_interval"]
         save_every = run.config["checkpoint"]["interval"]
         run.timer.reset(time.perf_counter())
@@ -51,7 +53,8 @@ def train(run: Run) -> None:
             run.apply_schedule()
             hook.backward_step(run=run, loss=loss)
             run.iteration += 1
-            hook.after_iter(run=run, loss=loss)
+            if after_iter is not None:
+                after_iter(run=run, loss=loss)
             done = run.iteration == run.max_iters
             if run.progress is not None:
                 run.progress.tick(run.iteration)
@@ -214,7 +217,7 @@ class Run:
             loader.sampler.set_position(self.epoch, self.epoch_batch * batch_size)
             for batch in loader:
                 self.epoch_batch += 1
-                yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                yield {k: batch[k].to(self.device, non_blocking=True) for k in _TRAINING_INPUTS}
             self.epoch += 1
             self.epoch_batch = 0
 
@@ -397,6 +400,9 @@ class Run:
         if state.get("vis_dir") and Path(state["vis_dir"]).is_dir():
             self.vis_dir = Path(state["vis_dir"])
             self.log.info("continuing the scalars in %s", self.vis_dir)
+
+
+_TRAINING_INPUTS = ("img", "heatmaps", "weights")  # what a training step reads of a batch
 
 
 def lr_factor(schedule: dict[str, Any], step: int, total: int) -> float:
