@@ -143,10 +143,10 @@ def test_round_trip_image_to_heatmap_to_image(dataset):
     samples = [transform(record, np.random.default_rng(0)) for record in records]
     assert samples[0]["img"].shape == (3, 64, 48) and samples[0]["heatmaps"].shape == (17, 16, 12)
     predicted = decode_to_image(samples)
-    for sample, prediction in zip(samples, predicted):
-        used = sample["weights"] > 0
-        assert used.sum() >= 12
-        np.testing.assert_allclose(prediction[used], sample["keypoints"][used], atol=1.0)
+    used = np.stack([sample["weights"] for sample in samples]) > 0
+    truth = np.stack([sample["keypoints"] for sample in samples])
+    assert used.sum() > 0.8 * used.size
+    np.testing.assert_allclose(predicted[used], truth[used], atol=1.0)
 
 
 def test_flip_augmentation_matches_a_mirrored_record(dataset):
@@ -203,7 +203,8 @@ def test_pck_counts_visible_keypoints_within_threshold():
     # Normalised distances: 0.05, 0.075, 0.0125 | 0.04, 0.0, (invisible).
     assert pck(pred, gt, visible, box_size, 0.06) == pytest.approx(4 / 5)
     assert pck(pred, gt, visible, box_size, 0.045) == pytest.approx(3 / 5)
-    assert pck(torch.as_tensor(pred), torch.as_tensor(gt), torch.as_tensor(visible), torch.as_tensor(box_size), 1.0) == 1.0
+    tensors = [torch.as_tensor(a) for a in (pred, gt, visible, box_size)]
+    assert pck(*tensors, threshold=1.0) == 1.0
     assert pck(pred, gt, np.zeros((2, 3)), box_size, 0.5) == 0.0
 
 
@@ -211,7 +212,9 @@ def test_model_output_shapes():
     small = build_model()
     assert small(torch.zeros(2, 3, 64, 48)).shape == (2, 17, 32, 24)
     assert small.output_stride == 2
-    custom = build_model(num_keypoints=5, stage_channels=[8, 16], stage_blocks=[1, 2], deconv_channels=[8, 8], dropout=0.1)
+    custom = build_model(
+        num_keypoints=5, stage_channels=[8, 16], stage_blocks=[1, 2], deconv_channels=[8, 8], dropout=0.1
+    )
     assert custom(torch.zeros(1, 3, 32, 24)).shape == (1, 5, 32, 24)
     assert custom.output_stride == 1
     bottleneck = TopDownHeatmapNet(block="bottleneck", stem_channels=8, stem_stride=4, stage_channels=[16, 32],

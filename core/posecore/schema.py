@@ -36,7 +36,7 @@ CORE_SCHEMA = {
     "device": Key(str, "auto", "`auto` (CUDA when available, else CPU), `cpu`, `cuda`, `cuda:N` or `mps`."),
     "codec": Section({
         "input_size": Key(list, [48, 64], "Network input [width, height] in pixels.", item=int, length=2, min=8),
-        "heatmap_size": Key(list, [12, 16], "Heatmap [width, height]; input_size divided by the head's stride.",
+        "heatmap_size": Key(list, [24, 32], "Heatmap [width, height]; input_size divided by the head's stride.",
                             item=int, length=2, min=2),
         "sigma": Key(float, 1.5, "Gaussian sigma of heatmap targets, in heatmap pixels.", min=0.1),
     }, "How keypoints become heatmap targets and back (MMPose's MSRAHeatmap codec)."),

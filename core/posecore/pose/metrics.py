@@ -16,8 +16,9 @@ def decode_heatmaps(heatmaps: torch.Tensor, blur_sigma: float = 0.5) -> tuple[to
     makes a predicted peak closer to the Gaussian it was trained towards), then take one Newton step from
     the argmax on the log heatmap, whose second-order Taylor expansion is exact for a Gaussian. On the
     synthetic data it beat the classic quarter-pixel shift by about 1 PCK@0.05 point with stride-2
-    heatmaps and by 5 to 7 points with stride 4. Within a pixel of the heatmap border the blur's edge replication biases the result by up to
-    about 0.1 pixel; ``blur_sigma=0`` decodes a clean Gaussian exactly. Heatmaps must be at least 3x3.
+    heatmaps and by 5 to 7 points with stride 4. Within a pixel of the heatmap border the blur's edge
+    replication biases the result by up to about 0.1 pixel; ``blur_sigma=0`` decodes a clean Gaussian
+    exactly. Heatmaps must be at least 3x3.
     """
     batch, count, height, width = heatmaps.shape
     scores = heatmaps.detach().flatten(2).amax(dim=2)

@@ -65,7 +65,7 @@ class TopDownHeatmapNet(nn.Module):
         stem_stride: int = 2,
         stage_channels: Sequence[int] = (32, 64, 128),
         stage_blocks: Sequence[int] = (1, 1, 1),
-        deconv_channels: Sequence[int] = (64,),
+        deconv_channels: Sequence[int] = (64, 64),
         dropout: float = 0.0,
     ) -> None:
         super().__init__()

@@ -85,7 +85,7 @@ class SyntheticPoses:
             & (figure.keypoints[:, 1] <= height - 1)
         )
         return {
-            "image": np.clip(canvas + 0.5, 0, 255).astype(np.uint8),
+            "image": np.clip(canvas, 0, 255, out=canvas).round().astype(np.uint8),
             "keypoints": figure.keypoints.astype(np.float32),
             "visible": (visible & inside).astype(np.float32),
             "box": box.astype(np.float32),
@@ -292,8 +292,10 @@ def _draw_polygon(canvas: np.ndarray, corners: np.ndarray, grow: float, colour: 
     if region is None:
         return
     window, xs, ys = region
-    edges = np.roll(corners, -1, axis=0) - corners
-    orientation = np.sign(np.sum(edges[:, 0] * np.roll(edges[:, 1], -1) - edges[:, 1] * np.roll(edges[:, 0], -1)))
+    following = np.roll(corners, -1, axis=0)
+    edges = following - corners
+    # The shoelace sign tells the winding, which decides which side of each edge is inside.
+    orientation = np.sign(np.sum(corners[:, 0] * following[:, 1] - following[:, 0] * corners[:, 1]))
     normals = orientation * np.stack([-edges[:, 1], edges[:, 0]], axis=1)
     normals /= np.maximum(np.hypot(normals[:, 0], normals[:, 1]), 1e-12)[:, None]
     offsets = np.sum(normals * corners, axis=1)
