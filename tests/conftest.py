@@ -6,13 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from posecore.config import dumps
-from posecore.testing import TINY_CONFIG
+from helpers import write_tiny_config
 
 
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> Path:
     """A config file for a 4-iteration CPU run that takes about a second."""
-    path = tmp_path / "tiny.toml"
-    path.write_text(dumps(TINY_CONFIG), encoding="utf-8")
-    return path
+    return write_tiny_config(tmp_path)

@@ -13,6 +13,14 @@ from posecore.testing import TINY_CONFIG
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+
+def write_tiny_config(folder: Path, **sections: object) -> Path:
+    """TINY_CONFIG (a run of about a second), with whole sections replaced by ``sections``, as ``folder/tiny.toml``."""
+    path = folder / "tiny.toml"
+    path.write_text(dumps({**TINY_CONFIG, **sections}), encoding="utf-8")
+    return path
+
+
 def posecore(*args: str, cwd: Path | None = None, pythonpath: list[Path] = (), timeout: float = 300,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m posecore ARGS`` in a fresh process and capture its output."""

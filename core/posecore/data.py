@@ -26,6 +26,7 @@ class KeyedDataset(Dataset):
         self.source = source
         self.transform = transform
         self.seed = seed
+        self.epoch = 0  # the epoch whose workers start next (for seeding their global generators)
 
     def __len__(self) -> int:
         return len(self.source)

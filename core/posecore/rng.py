@@ -54,14 +54,15 @@ def restore(state: dict[str, Any]) -> None:
 
 
 def init_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed the worker's globals from (seed, rank, worker id); ignore Ctrl-C.
+    """DataLoader ``worker_init_fn``: seed the worker's globals from (seed, epoch, rank, worker id); ignore Ctrl-C.
 
     Augmentation does not use these (it draws from (seed, epoch, index)); they are seeded so that
-    anything else drawing in a worker is reproducible too. torch's default would be seed + worker id.
+    anything else drawing in a worker is reproducible too (torch's default is base seed + worker id).
+    Persistent workers keep the seeding of the epoch they started in.
     """
     import signal
 
     # Ctrl-C reaches the whole process group; the main process stops cleanly and ends the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     dataset = torch.utils.data.get_worker_info().dataset
-    seed_globals(dataset.seed, int(os.environ.get("RANK", 0)), worker_id)
+    seed_globals(dataset.seed, dataset.epoch, int(os.environ.get("RANK", 0)), worker_id)

@@ -215,6 +215,7 @@ class Run:
         batch_size = loader.batch_size
         while True:
             loader.sampler.set_position(self.epoch, self.epoch_batch * batch_size)
+            loader.dataset.epoch = self.epoch
             for batch in loader:
                 self.epoch_batch += 1
                 yield {k: batch[k].to(self.device, non_blocking=True) for k in _TRAINING_INPUTS}

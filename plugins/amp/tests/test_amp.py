@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from pathlib import Path
@@ -11,18 +10,12 @@ import posecore_amp
 import pytest
 import torch
 
-from helpers import posecore
+from helpers import posecore, write_tiny_config as write_tiny
 from posecore import checkpoint, hookimpl
-from posecore.config import dumps
 from posecore.errors import PosecoreError
-from posecore.testing import TINY_CONFIG, Recording, run_training
+from posecore.testing import Recording, run_training
 
 
-def write_tiny(tmp_path: Path, **sections) -> Path:
-    """The tiny CPU config (the quickstart model in bfloat16 takes seconds per iteration on a CPU)."""
-    path = tmp_path / "tiny.toml"
-    path.write_text(dumps({**copy.deepcopy(TINY_CONFIG), **sections}), encoding="utf-8")
-    return path
 
 
 def test_amp_flag_trains_in_bfloat16_on_cpu_end_to_end(tmp_path):

@@ -16,9 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import posecore
-from posecore.config import dumps
-from posecore.testing import TINY_CONFIG
+from helpers import posecore, write_tiny_config
 
 ITERS = 30
 OPTIONS = [f"train.max_iters={ITERS}", "train.log_interval=1", "train.val_interval=10", "checkpoint.interval=4",
@@ -27,9 +25,7 @@ OPTIONS = [f"train.max_iters={ITERS}", "train.log_interval=1", "train.val_interv
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("exact") / "exact.toml"
-    path.write_text(dumps(TINY_CONFIG), encoding="utf-8")
-    return path
+    return write_tiny_config(tmp_path_factory.mktemp("exact"))
 
 
 def train(config: Path, work_dir: Path, *args: str) -> subprocess.CompletedProcess:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import sys
@@ -13,10 +12,9 @@ import posecore_seed
 import pytest
 import torch
 
-from helpers import posecore
+from helpers import posecore, write_tiny_config
 from posecore import hookimpl
 from posecore.errors import CheckpointError
-from posecore.config import dumps
 from posecore.testing import TINY_CONFIG, run_training
 
 if sys.version_info >= (3, 11):
@@ -27,9 +25,7 @@ else:
 
 @pytest.fixture
 def resume_config(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(dumps(copy.deepcopy(TINY_CONFIG)), encoding="utf-8")
-    return path
+    return write_tiny_config(tmp_path)
 
 
 def train(config: Path, work_dir: Path, *args: str):

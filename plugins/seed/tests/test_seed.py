@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import re
 import sys
 from pathlib import Path
@@ -11,10 +10,9 @@ import posecore_seed
 import pytest
 import torch
 
-from helpers import posecore
-from posecore.config import dumps
+from helpers import posecore, write_tiny_config as write_tiny
 from posecore.errors import ConfigError
-from posecore.testing import TINY_CONFIG, run_training
+from posecore.testing import run_training
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,10 +20,6 @@ else:
     import tomli as tomllib
 
 
-def write_tiny(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(dumps(copy.deepcopy(TINY_CONFIG)), encoding="utf-8")
-    return path
 
 
 def train(work_dir: Path, *options: str) -> tuple[dict, int]:
@@ -111,3 +105,4 @@ def test_diff_rank_seed_adds_the_rank(tmp_path, monkeypatch, diff_rank_seed, exp
     monkeypatch.setenv("RANK", "1")  # as torchrun sets it on the second process
     _, used = train(tmp_path / "wd", "randomness.seed=1000", f"randomness.diff_rank_seed={diff_rank_seed}")
     assert used == expected
+

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import posecore
-from posecore.config import dumps
-from posecore.testing import TINY_CONFIG
+from helpers import posecore, write_tiny_config as write_tiny
 
 
-def write_tiny(tmp_path: Path, **sections) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(dumps({**copy.deepcopy(TINY_CONFIG), **sections}), encoding="utf-8")
-    return path
 
 
 def events(vis_dir: Path):
@@ -144,3 +138,29 @@ def test_a_real_tensorboard_server_serves_the_run(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_sigterm_flushes_everything_logged(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    work_dir = tmp_path / "wd"
+    proc = subprocess.Popen([sys.executable, "-m", "posecore", "train", str(write_tiny(tmp_path)), "--work-dir",
+                             str(work_dir), "--plugin", "tensorboard", "--cfg-options", "train.max_iters=100000",
+                             "train.log_interval=1", "train.val_interval=0",
+                             "visualizer.vis_backends=[{type = \"TensorboardVisBackend\", flush_secs = 3600}]"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(work_dir.glob("*/*.log")):
+        time.sleep(0.05)
+    log = next(work_dir.glob("*/*.log"))
+    while time.monotonic() < deadline and "5/100000]" not in log.read_text():  # iteration 5 logged
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    logged = int(re.search(r"at iteration (\d+)", stderr).group(1))
+    (vis_dir,) = work_dir.glob("*/vis_data")
+    assert [e.step for e in events(vis_dir).Scalars("loss")] == list(range(1, logged + 1))
