@@ -136,9 +136,10 @@ def load_module(name: str, path: Path, monkeypatch: pytest.MonkeyPatch) -> Modul
 
 
 def test_the_example_test_passes_with_the_installed_module(early_stop_site, tmp_path, monkeypatch):
-    load_module("posecore_early_stop", early_stop_site / "posecore_early_stop.py", monkeypatch)
+    installed = load_module("posecore_early_stop", early_stop_site / "posecore_early_stop.py", monkeypatch)
     example = load_module("example_test_early_stop", EXAMPLE / "tests" / "test_early_stop.py", monkeypatch)
-    example.test_counts_validations_without_improvement(tmp_path)
+    assert example.posecore_early_stop is installed  # the example's own test runs against the installed copy
+    example.test_counts_validations_without_improvement(tmp_path)  # its assertions are the test
 
 
 def test_the_guide_holds_the_example_files_byte_for_byte():
