@@ -49,7 +49,7 @@ class PluginInfo:
 
 def install_hint(name: str) -> str:
     """The pip line for a plugin name (first-party names map to their distributions)."""
-    if name in {"amp", "resume", "seed", "tensorboard"}:
+    if name in FIRST_PARTY_PROVIDES.values():
         return f"pip install posecore-{name}"
     return f"pip install the distribution that provides the posecore plugin '{name}'"
 
