@@ -1,0 +1,276 @@
+"""Person-keypoint records from COCO-style annotation files (COCO, OCHuman, CrowdPose, ...).
+
+``CocoKeypoints`` parses the annotation file once, at construction, into one instance per person
+(or, given a detection results file, one per detected box) and decodes an image only when a record
+is loaded. Every problem with the data raises ``DataError`` with a one-line message that names the
+file, the record and what to do about it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image
+
+from posecore.errors import InputError
+from posecore.pose.skeleton import COCO17, KeypointInfo
+
+PathLike = Union[str, Path]
+
+
+class DataError(InputError):
+    """A dataset file is missing, unreadable or malformed. Exit code 2."""
+
+
+CROWDPOSE14 = KeypointInfo(
+    names=(
+        "left_shoulder",
+        "right_shoulder",
+        "left_elbow",
+        "right_elbow",
+        "left_wrist",
+        "right_wrist",
+        "left_hip",
+        "right_hip",
+        "left_knee",
+        "right_knee",
+        "left_ankle",
+        "right_ankle",
+        "head",
+        "neck",
+    ),
+    flip_pairs=((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11)),
+    skeleton=(
+        (12, 13), (13, 0), (13, 1), (0, 2), (2, 4), (1, 3), (3, 5), (0, 6), (1, 7), (6, 7),
+        (6, 8), (8, 10), (7, 9), (9, 11),
+    ),
+    sigmas=tuple(
+        s / 10.0 for s in (0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89, 0.79, 0.79)
+    ),
+)
+"""The 14 CrowdPose keypoints (12 limb joints, then head and neck) with their OKS sigmas."""
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """Parse ``path``; a missing, unreadable or invalid file raises DataError."""
+    if not path.is_file():
+        problem = "is a directory, not a file" if path.is_dir() else "not found"
+        raise DataError(f"{what} {path}: {problem}; check the path in the config")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{what} {path}: cannot be read ({error}); check the file and its permissions") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(
+            f"{what} {path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}; "
+            f"fix or regenerate the file"
+        ) from None
+
+
+def _box(value: Any) -> np.ndarray | None:
+    """A float32 (x, y, w, h) from a JSON bbox, or None if it is not four finite numbers."""
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        return None
+    try:
+        box = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        return None
+    return box if np.all(np.isfinite(box)) else None
+
+
+class CocoKeypoints:
+    """A record source over a COCO person-keypoints annotation file.
+
+    Without ``det_file``: one instance per annotation with ``iscrowd == 0``, a box of positive size and,
+    when ``train``, at least one labelled keypoint (v > 0, counted from the keypoints, not from the
+    ``num_keypoints`` field, which some datasets fill differently). With ``det_file`` (a COCO results
+    list of person boxes): one instance per detection with ``score >= det_score_thr``, whose
+    ground-truth keypoints are zeros with ``visible`` 0.
+
+    ``load(index)`` returns ``image`` uint8 (H, W, 3), ``keypoints`` float32 (K, 2), ``visible``
+    float32 (K,) (1 where v > 0), ``box`` float32 (x, y, w, h), ``image_id`` int, ``score`` float
+    (the detection score, or 1.0) and ``ann_id`` int (-1 for detections).
+    """
+
+    def __init__(
+        self,
+        ann_file: PathLike,
+        img_dir: PathLike,
+        keypoint_info: KeypointInfo = COCO17,
+        det_file: PathLike | None = None,
+        det_score_thr: float = 0.0,
+        train: bool = True,
+    ) -> None:
+        self.ann_file = Path(ann_file)
+        self.img_dir = Path(img_dir)
+        self.keypoint_info = keypoint_info
+        self.det_file = None if det_file is None else Path(det_file)
+        self.det_score_thr = float(det_score_thr)
+        self.train = train
+        data = _read_json(self.ann_file, "annotation file")
+        if not isinstance(data, dict):
+            raise DataError(
+                f"annotation file {self.ann_file}: expected a JSON object with 'images' and 'annotations', "
+                f"got a {type(data).__name__}; is this a COCO keypoint file?"
+            )
+        for key in ("images", "annotations"):
+            if not isinstance(data.get(key), list):
+                problem = "has no" if key not in data else "has a non-list"
+                raise DataError(
+                    f"annotation file {self.ann_file}: {problem} '{key}' list; is this a COCO keypoint file?"
+                )
+        self._images = self._parse_images(data["images"])
+        # Per instance: image id, annotation id, score, box, keypoints (K, 2), visible (K,).
+        self._image_ids: list[int] = []
+        self._ann_ids: list[int] = []
+        self._scores: list[float] = []
+        self._boxes: list[np.ndarray] = []
+        self._keypoints: list[np.ndarray | None] = []
+        self._visible: list[np.ndarray | None] = []
+        if self.det_file is None:
+            self._parse_annotations(data["annotations"])
+        else:
+            self._parse_detections()
+
+    def __len__(self) -> int:
+        return len(self._image_ids)
+
+    def load(self, index: int) -> dict[str, Any]:
+        """The record of instance ``index``; its image is decoded now."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} instances")
+        image_id = self._image_ids[index]
+        num_keypoints = self.keypoint_info.num_keypoints
+        keypoints = self._keypoints[index]
+        visible = self._visible[index]
+        return {
+            "image": self._decode(image_id),
+            "keypoints": np.zeros((num_keypoints, 2), np.float32) if keypoints is None else keypoints.copy(),
+            "visible": np.zeros(num_keypoints, np.float32) if visible is None else visible.copy(),
+            "box": self._boxes[index].copy(),
+            "image_id": image_id,
+            "score": self._scores[index],
+            "ann_id": self._ann_ids[index],
+        }
+
+    def _parse_images(self, images: list) -> dict[int, tuple[str, int | None, int | None]]:
+        """Image id -> (file name, width, height), checking that each entry has an id and a file name."""
+        parsed = {}
+        for position, entry in enumerate(images):
+            image_id = entry.get("id") if isinstance(entry, dict) else None
+            if not isinstance(image_id, int) or isinstance(image_id, bool):
+                raise DataError(
+                    f"annotation file {self.ann_file}: images[{position}] has no integer 'id'; fix the 'images' list"
+                )
+            file_name = entry.get("file_name")
+            if not isinstance(file_name, str) or not file_name:
+                raise DataError(
+                    f"annotation file {self.ann_file}: image id {image_id} has no 'file_name'; fix the 'images' list"
+                )
+            if image_id in parsed:
+                raise DataError(
+                    f"annotation file {self.ann_file}: image id {image_id} appears twice in 'images'; "
+                    f"image ids must be unique"
+                )
+            width, height = entry.get("width"), entry.get("height")
+            parsed[image_id] = (
+                file_name,
+                width if isinstance(width, int) else None,
+                height if isinstance(height, int) else None,
+            )
+        return parsed
+
+    def _parse_annotations(self, annotations: list) -> None:
+        expected = self.keypoint_info.num_keypoints
+        for position, ann in enumerate(annotations):
+            if not isinstance(ann, dict):
+                raise DataError(
+                    f"annotation file {self.ann_file}: annotations[{position}] is not an object; fix the file"
+                )
+            ann_id = ann.get("id", -1)
+            where = f"annotation file {self.ann_file}: annotation id {ann_id}"
+            image_id = ann.get("image_id")
+            if image_id not in self._images:
+                raise DataError(f"{where} refers to image id {image_id}, which is not in 'images'; fix the file")
+            if ann.get("iscrowd", 0):
+                continue
+            box = _box(ann.get("bbox"))
+            if box is None:
+                raise DataError(f"{where} (image id {image_id}): 'bbox' is not four numbers [x, y, w, h]; fix the file")
+            if not (box[2] > 0 and box[3] > 0):
+                continue
+            values = ann.get("keypoints")
+            if not isinstance(values, list) or len(values) != 3 * expected:
+                count = len(values) if isinstance(values, list) else 0
+                raise DataError(
+                    f"{where} (image id {image_id}): {count / 3:g} keypoints found ({count} values), expected "
+                    f"{expected} ({3 * expected} values); use a keypoint_info that matches the dataset"
+                )
+            try:
+                triples = np.asarray(values, dtype=np.float32).reshape(expected, 3)
+            except (TypeError, ValueError):
+                raise DataError(f"{where} (image id {image_id}): 'keypoints' holds non-numbers; fix the file") from None
+            visible = (triples[:, 2] > 0).astype(np.float32)
+            if self.train and not visible.any():
+                continue
+            self._add(image_id, int(ann_id), 1.0, box, triples[:, :2].copy(), visible)
+
+    def _parse_detections(self) -> None:
+        detections = _read_json(self.det_file, "detection file")
+        if not isinstance(detections, list):
+            raise DataError(
+                f"detection file {self.det_file}: expected a COCO results list of "
+                f"{{'image_id', 'bbox', 'score'}}, got a {type(detections).__name__}; check the file"
+            )
+        for position, det in enumerate(detections):
+            where = f"detection file {self.det_file}: detection {position}"
+            if not isinstance(det, dict):
+                raise DataError(f"{where} is not an object; check the file")
+            image_id = det.get("image_id")
+            if image_id not in self._images:
+                raise DataError(
+                    f"{where} refers to image id {image_id}, which is not in {self.ann_file}; "
+                    f"use the detections made for this annotation file"
+                )
+            box = _box(det.get("bbox"))
+            score = det.get("score")
+            if box is None or not isinstance(score, (int, float)) or not math.isfinite(score):
+                raise DataError(
+                    f"{where} (image id {image_id}): needs 'bbox' [x, y, w, h] and a numeric 'score'; check the file"
+                )
+            if score < self.det_score_thr or not (box[2] > 0 and box[3] > 0):
+                continue
+            self._add(image_id, -1, float(score), box, None, None)
+
+    def _add(self, image_id, ann_id, score, box, keypoints, visible) -> None:
+        self._image_ids.append(image_id)
+        self._ann_ids.append(ann_id)
+        self._scores.append(score)
+        self._boxes.append(box)
+        self._keypoints.append(keypoints)
+        self._visible.append(visible)
+
+    def _decode(self, image_id: int) -> np.ndarray:
+        file_name, width, height = self._images[image_id]
+        path = self.img_dir / file_name
+        where = f"image {path} (image id {image_id}, from {self.ann_file.name})"
+        if not path.is_file():
+            raise DataError(f"{where}: not found; check img_dir and the 'file_name' in the annotation file")
+        try:
+            with Image.open(path) as image:
+                array = np.array(image.convert("RGB"), dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise DataError(f"{where}: cannot be decoded ({reason}); replace the file with a valid image") from None
+        if width is not None and height is not None and array.shape[:2] != (height, width):
+            raise DataError(
+                f"{where}: is {array.shape[1]}x{array.shape[0]} but the annotation file says {width}x{height}; "
+                f"the image does not match its annotations"
+            )
+        return array

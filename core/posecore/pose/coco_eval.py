@@ -1,0 +1,234 @@
+"""COCO keypoint evaluation: OKS, OKS-NMS, MMPose-style rescoring and OKS-AP through pycocotools.
+
+The AP itself is computed by pycocotools (an optional extra, ``pip install "posecore[coco]"``), which is
+imported only inside :func:`coco_keypoint_ap`; everything else here needs only numpy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from posecore.errors import InputError, PosecoreError
+from posecore.pose.skeleton import COCO17
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+"""The keys of :func:`coco_keypoint_ap`'s result, in the order of pycocotools' ``COCOeval.stats``."""
+
+_EPS = float(np.spacing(1))  # The same tiny constant COCOeval adds to the area.
+
+
+def _sigmas_array(sigmas: Sequence[float], count: int) -> np.ndarray:
+    array = np.asarray(sigmas, dtype=np.float64).reshape(-1)
+    if array.shape[0] != count:
+        raise InputError(f"{count} keypoints but {array.shape[0]} OKS sigmas")
+    return array
+
+
+def oks(
+    keypoints_a: np.ndarray,
+    keypoints_b: np.ndarray,
+    visible_b: np.ndarray,
+    area: float,
+    sigmas: Sequence[float],
+) -> float:
+    """Object keypoint similarity of pose ``a`` (the prediction) to pose ``b`` (the reference).
+
+    ``keypoints_a`` is (K, 2) or (K, 3) (a third column, e.g. scores, is ignored), ``keypoints_b`` is
+    (K, 2) (or (K, 3), likewise), ``visible_b`` is (K,) and marks the reference keypoints that count
+    (anything > 0). As in COCOeval, each counted keypoint scores ``exp(-d² / (2 · area · (2σ)²))``
+    and the OKS is their mean. With no counted keypoint the result is 0.0 (COCOeval then falls back to
+    a distance to the box, which needs the box; it is not reproduced here).
+    """
+    a = np.asarray(keypoints_a, dtype=np.float64)
+    b = np.asarray(keypoints_b, dtype=np.float64)
+    visible = np.asarray(visible_b).reshape(-1) > 0
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] < 2 or b.shape[1] < 2:
+        raise InputError(f"keypoints must be (K, 2) or (K, 3), got {a.shape} and {b.shape}")
+    count = a.shape[0]
+    if b.shape[0] != count or visible.shape[0] != count:
+        raise InputError(f"keypoint counts differ: {a.shape[0]}, {b.shape[0]} and {visible.shape[0]} visibility flags")
+    sig = _sigmas_array(sigmas, count)
+    if not visible.any():
+        return 0.0
+    squared = ((a[:, :2] - b[:, :2]) ** 2).sum(axis=1)
+    variances = (2.0 * sig) ** 2
+    exponent = squared / variances / (float(area) + _EPS) / 2.0
+    return float(np.exp(-exponent[visible]).mean())
+
+
+def oks_nms(instances: list[dict[str, Any]], sigmas: Sequence[float], threshold: float = 0.9) -> list[int]:
+    """Greedy OKS non-maximum suppression over the pose instances of one image.
+
+    Each instance is ``{"keypoints": (K, 3) x, y, score, "score": float, "area": float}``. The best
+    scoring remaining instance is kept and every other one whose OKS to it exceeds ``threshold`` is
+    dropped, until none remain. The OKS counts all K keypoints and uses the mean of the two areas, so
+    that it is symmetric. Returns the kept indices, highest score first (ties keep input order).
+    """
+    if not instances:
+        return []
+    poses = [np.asarray(item["keypoints"], dtype=np.float64) for item in instances]
+    scores = np.asarray([float(item["score"]) for item in instances])
+    areas = np.asarray([float(item["area"]) for item in instances])
+    order = list(np.argsort(-scores, kind="stable"))
+    kept: list[int] = []
+    while order:
+        best = int(order.pop(0))
+        kept.append(best)
+        survivors = []
+        for other in order:
+            reference = poses[best]
+            similarity = oks(
+                poses[other], reference, np.ones(reference.shape[0]), (areas[best] + areas[other]) / 2.0, sigmas
+            )
+            if similarity <= threshold:
+                survivors.append(other)
+        order = survivors
+    return kept
+
+
+def rescore(instance_keypoint_scores: np.ndarray, box_score: float, threshold: float = 0.2) -> float:
+    """MMPose-style instance score: mean of the keypoint scores above ``threshold`` times the box score.
+
+    With no keypoint score above the threshold the mean, and so the result, is 0.0.
+    """
+    scores = np.asarray(instance_keypoint_scores, dtype=np.float64).reshape(-1)
+    confident = scores[scores > threshold]
+    mean = float(confident.mean()) if confident.size else 0.0
+    return mean * float(box_score)
+
+
+def to_results(
+    predictions: list[dict[str, Any]],
+    sigmas: Sequence[float] = COCO17.sigmas,
+    threshold: float = 0.9,
+    category_id: int = 1,
+) -> list[dict[str, Any]]:
+    """COCO results list from pose instances, after OKS-NMS within each image.
+
+    Each prediction is ``{"image_id", "keypoints": (K, 3) x, y, score, "score", "area"}``. The result
+    has one ``{"image_id", "category_id", "keypoints": flat 3K list, "score"}`` per kept instance, images
+    in order of first appearance and instances by descending score within an image.
+    """
+    by_image: dict[Any, list[int]] = {}
+    for index, item in enumerate(predictions):
+        by_image.setdefault(item["image_id"], []).append(index)
+    results: list[dict[str, Any]] = []
+    for image_id, indices in by_image.items():
+        group = [predictions[i] for i in indices]
+        for local in oks_nms(group, sigmas, threshold):
+            item = group[local]
+            keypoints = np.asarray(item["keypoints"], dtype=np.float64)
+            if keypoints.ndim != 2 or keypoints.shape[1] != 3:
+                raise InputError(f"prediction keypoints must be (K, 3), got {keypoints.shape}")
+            results.append(
+                {
+                    "image_id": _plain(image_id),
+                    "category_id": int(category_id),
+                    "keypoints": [float(v) for v in keypoints.reshape(-1)],
+                    "score": float(item["score"]),
+                }
+            )
+    return results
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds, so that results stay JSON-friendly."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _load_json(path: str | Path, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except OSError as error:
+        raise InputError(f"cannot read {what} {path}: {error.strerror or error}") from error
+    except json.JSONDecodeError as error:
+        raise InputError(f"{what} {path} is not valid JSON: {error}") from error
+
+
+def _prepare_ground_truth(dataset: Any, ann_file: str | Path) -> dict[str, Any]:
+    """Fill in, in memory, what COCOeval needs and some COCO-style datasets (CrowdPose) leave out."""
+    if not isinstance(dataset, dict) or "annotations" not in dataset or "images" not in dataset:
+        raise InputError(f"{ann_file} is not a COCO annotation file (no images or annotations)")
+    for ann in dataset["annotations"]:
+        if "area" not in ann:
+            if "bbox" not in ann:
+                raise InputError(f"annotation {ann.get('id')} in {ann_file} has neither area nor bbox")
+            ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+        if "num_keypoints" not in ann and "keypoints" in ann:
+            ann["num_keypoints"] = int(sum(1 for v in ann["keypoints"][2::3] if v > 0))
+        ann.setdefault("iscrowd", 0)
+    return dataset
+
+
+def _prepare_results(results: list[dict[str, Any]] | str | Path, image_ids: set[Any]) -> list[dict[str, Any]]:
+    if isinstance(results, (str, Path)):
+        results = _load_json(results, "results file")
+    if not isinstance(results, list):
+        raise InputError("keypoint results must be a list of {image_id, category_id, keypoints, score}")
+    prepared = []
+    for entry in results:
+        missing = [key for key in ("image_id", "category_id", "keypoints", "score") if key not in entry]
+        if missing:
+            raise InputError(f"a keypoint result lacks {', '.join(missing)}")
+        if _plain(entry["image_id"]) not in image_ids:
+            raise InputError(f"a keypoint result refers to image {entry['image_id']}, which the ground truth lacks")
+        item = copy.deepcopy(entry)  # loadRes adds id, area and bbox to the dicts it is given.
+        item["image_id"] = _plain(item["image_id"])
+        item["keypoints"] = [float(v) for v in np.asarray(item["keypoints"], dtype=np.float64).reshape(-1)]
+        item["score"] = float(item["score"])
+        prepared.append(item)
+    return prepared
+
+
+def coco_keypoint_ap(
+    ann_file: str | Path,
+    results: list[dict[str, Any]] | str | Path,
+    sigmas: Sequence[float] = COCO17.sigmas,
+) -> dict[str, float]:
+    """OKS-based keypoint AP/AR of ``results`` against the COCO ground truth in ``ann_file``.
+
+    ``results`` is a COCO results list (``image_id``, ``category_id``, ``keypoints`` flat 3K, ``score``)
+    or the path of a JSON file holding one. Runs pycocotools' ``COCOeval(gt, dt, "keypoints")`` with
+    ``sigmas`` and returns its ten ``stats`` under :data:`STAT_NAMES` (-1.0 where an area range has no
+    ground truth, as pycocotools reports it). Ground truth without ``area`` gets bbox w·h, in memory
+    only. An empty results list scores 0.0 everywhere. pycocotools' printing is silenced.
+    """
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as error:
+        raise PosecoreError(
+            'COCO keypoint evaluation needs pycocotools: pip install "posecore[coco]"'
+        ) from error
+
+    dataset = _prepare_ground_truth(_load_json(ann_file, "annotation file"), ann_file)
+    image_ids = {image["id"] for image in dataset["images"]}
+    detections = _prepare_results(results, image_ids)
+    if not detections:
+        return {name: 0.0 for name in STAT_NAMES}
+    keypoint_count = len(detections[0]["keypoints"]) // 3
+    sigma_array = _sigmas_array(sigmas, keypoint_count)
+    for item in detections:
+        if len(item["keypoints"]) != 3 * keypoint_count:
+            raise InputError("keypoint results hold different numbers of keypoints")
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO()
+        ground_truth.dataset = dataset
+        ground_truth.createIndex()
+        detected = ground_truth.loadRes(detections)
+        evaluation = COCOeval(ground_truth, detected, "keypoints")
+        evaluation.params.kpt_oks_sigmas = sigma_array
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return {name: float(value) for name, value in zip(STAT_NAMES, evaluation.stats)}

@@ -1,0 +1,193 @@
+"""Tests of posecore.pose.coco_eval against pycocotools and the real COCO sample in shared/data."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from posecore.errors import PosecoreError
+from posecore.pose.coco_eval import STAT_NAMES, coco_keypoint_ap, oks, oks_nms, rescore, to_results
+from posecore.pose.skeleton import COCO17
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+COCO_GT = DATA / "coco" / "test_coco.json"
+COCO_PREDS = DATA / "xtcocoapi_examples" / "annotations" / "example_coco_preds.json"
+CROWDPOSE_GT = DATA / "crowdpose" / "test_crowdpose.json"
+CROWDPOSE_SIGMAS = [s / 10 for s in (0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89, 0.79, 0.79)]
+
+needs_data = pytest.mark.skipif(not COCO_GT.is_file(), reason=f"shared COCO sample not found under {DATA}")
+
+
+@pytest.fixture
+def pycocotools():
+    return pytest.importorskip("pycocotools")
+
+
+def gt_as_detections(path: Path, include_empty: bool = False) -> list[dict]:
+    annotations = json.loads(path.read_text())["annotations"]
+    return [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "keypoints": a["keypoints"], "score": 1.0}
+        for a in annotations
+        if include_empty or a["num_keypoints"] > 0
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- oks
+
+
+def test_oks_identical_is_one():
+    rng = np.random.default_rng(0)
+    points = rng.uniform(0, 100, size=(17, 2))
+    assert oks(points, points, np.full(17, 2), 500.0, COCO17.sigmas) == pytest.approx(1.0)
+    with_scores = np.concatenate([points, rng.uniform(size=(17, 1))], axis=1)
+    assert oks(with_scores, points, np.ones(17), 500.0, COCO17.sigmas) == pytest.approx(1.0)
+
+
+def test_oks_hand_computed_and_invisible_ignored():
+    sigmas = [0.1, 0.1, 0.1]
+    a = np.array([[0.0, 0.0], [3.0, 4.0], [500.0, -70.0]])
+    b = np.zeros((3, 2))
+    # Keypoint 1: d² = 25, (2σ)² = 0.04, area 100 -> exponent 25 / 0.04 / 100 / 2 = 3.125.
+    expected = (1.0 + math.exp(-3.125)) / 2
+    assert oks(a, b, np.array([2, 1, 0]), 100.0, sigmas) == pytest.approx(expected, abs=1e-12)
+    # The far-off third keypoint counts once its reference is visible.
+    assert oks(a, b, np.array([2, 1, 1]), 100.0, sigmas) < expected * 2 / 3 + 1e-9
+    assert oks(a, b, np.zeros(3), 100.0, sigmas) == 0.0
+
+
+@needs_data
+def test_oks_matches_cocoeval_on_real_predictions(pycocotools):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(COCO_GT))
+        dt = gt.loadRes(str(COCO_PREDS))
+        evaluation = COCOeval(gt, dt, "keypoints")
+        evaluation.params.kpt_oks_sigmas = np.array(COCO17.sigmas)
+        evaluation.evaluate()
+    checked = 0
+    for image_id in gt.getImgIds():
+        ious = evaluation.ious[(image_id, 1)]
+        gts = gt.loadAnns(gt.getAnnIds(imgIds=image_id))
+        dts = dt.loadAnns(dt.getAnnIds(imgIds=image_id))
+        dts = [dts[i] for i in np.argsort([-d["score"] for d in dts], kind="mergesort")]
+        dts = dts[: ious.shape[0]]  # COCOeval keeps the top maxDets (20) detections per image.
+        for j, g in enumerate(gts):
+            g_kpts = np.array(g["keypoints"], dtype=float).reshape(-1, 3)
+            if not (g_kpts[:, 2] > 0).any():
+                continue  # COCOeval uses a box distance there, which oks() does not reproduce.
+            for i, d in enumerate(dts):
+                d_kpts = np.array(d["keypoints"], dtype=float).reshape(-1, 3)
+                value = oks(d_kpts, g_kpts[:, :2], g_kpts[:, 2], g["area"], COCO17.sigmas)
+                assert value == pytest.approx(ious[i, j], abs=1e-12)
+                checked += 1
+    assert checked > 50
+
+
+# ------------------------------------------------------------------------------------ nms, rescore
+
+
+def _pose(offset: float, jitter: float = 0.0) -> np.ndarray:
+    base = np.stack([np.linspace(0, 80, 17) + offset, np.linspace(0, 160, 17)], axis=1)
+    return np.concatenate([base + jitter, np.ones((17, 1))], axis=1)
+
+
+def test_oks_nms_drops_duplicate_keeps_distinct():
+    near = [
+        {"keypoints": _pose(0.0), "score": 0.6, "area": 5000.0},
+        {"keypoints": _pose(0.0, jitter=0.5), "score": 0.9, "area": 5000.0},
+    ]
+    assert oks_nms(near, COCO17.sigmas) == [1]
+    far = [
+        {"keypoints": _pose(0.0), "score": 0.6, "area": 5000.0},
+        {"keypoints": _pose(300.0), "score": 0.9, "area": 5000.0},
+    ]
+    assert oks_nms(far, COCO17.sigmas) == [1, 0]
+    assert oks_nms([], COCO17.sigmas) == []
+
+
+def test_to_results_applies_nms_per_image():
+    predictions = [
+        {"image_id": 1, "keypoints": _pose(0.0), "score": 0.5, "area": 5000.0},
+        {"image_id": 1, "keypoints": _pose(0.0, jitter=0.5), "score": 0.8, "area": 5000.0},
+        {"image_id": 2, "keypoints": _pose(0.0), "score": 0.7, "area": 5000.0},
+    ]
+    results = to_results(predictions)
+    assert [(r["image_id"], r["score"]) for r in results] == [(1, 0.8), (2, 0.7)]
+    assert results[0]["category_id"] == 1
+    assert results[0]["keypoints"] == pytest.approx(list(_pose(0.0, jitter=0.5).reshape(-1)))
+    json.dumps(results)  # plain Python types only
+
+
+def test_rescore():
+    assert rescore(np.array([0.9, 0.1, 0.5, 0.2]), 0.8) == pytest.approx((0.9 + 0.5) / 2 * 0.8)
+    assert rescore(np.array([0.1, 0.2]), 0.9) == 0.0
+    assert rescore(np.array([0.4, 0.6]), 1.0, threshold=0.5) == pytest.approx(0.6)
+
+
+# --------------------------------------------------------------------------------------------- AP
+
+
+@needs_data
+def test_ap_matches_pycocotools_and_readme(pycocotools):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ours = coco_keypoint_ap(COCO_GT, COCO_PREDS)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(COCO_GT))
+        evaluation = COCOeval(gt, gt.loadRes(str(COCO_PREDS)), "keypoints")
+        evaluation.params.kpt_oks_sigmas = np.array(COCO17.sigmas)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    assert list(ours) == list(STAT_NAMES)
+    for name, value in zip(STAT_NAMES, evaluation.stats):
+        assert ours[name] == pytest.approx(float(value), abs=1e-12), name
+    assert round(ours["AP"], 4) == 0.8609
+    # A results list gives the same as the file, and is not modified.
+    listed = json.loads(COCO_PREDS.read_text())
+    before = json.dumps(listed)
+    assert coco_keypoint_ap(str(COCO_GT), listed) == ours
+    assert json.dumps(listed) == before
+
+
+@needs_data
+def test_gt_vs_gt_and_empty_person_pitfall(pycocotools, capsys):
+    assert coco_keypoint_ap(COCO_GT, gt_as_detections(COCO_GT))["AP"] == pytest.approx(1.0)
+    pitfall = coco_keypoint_ap(COCO_GT, gt_as_detections(COCO_GT, include_empty=True))
+    assert round(pitfall["AP"], 3) == 0.894
+    assert capsys.readouterr().out == ""
+
+
+@needs_data
+def test_crowdpose_without_area(pycocotools):
+    raw = CROWDPOSE_GT.read_bytes()
+    assert all("area" not in a for a in json.loads(raw)["annotations"])
+    stats = coco_keypoint_ap(CROWDPOSE_GT, gt_as_detections(CROWDPOSE_GT), sigmas=CROWDPOSE_SIGMAS)
+    assert stats["AP"] == pytest.approx(1.0)
+    assert stats["AR"] == pytest.approx(1.0)
+    pitfall = coco_keypoint_ap(CROWDPOSE_GT, gt_as_detections(CROWDPOSE_GT, include_empty=True), CROWDPOSE_SIGMAS)
+    assert round(pitfall["AP"], 3) == 0.950
+    assert hashlib.sha256(CROWDPOSE_GT.read_bytes()).digest() == hashlib.sha256(raw).digest()
+
+
+@needs_data
+def test_empty_results_are_zero(pycocotools):
+    assert coco_keypoint_ap(COCO_GT, []) == {name: 0.0 for name in STAT_NAMES}
+
+
+def test_missing_pycocotools_message(monkeypatch, tmp_path):
+    for name in ("pycocotools", "pycocotools.coco", "pycocotools.cocoeval"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(PosecoreError, match=r"posecore\[coco\]"):
+        coco_keypoint_ap(tmp_path / "missing.json", [])
