@@ -295,3 +295,34 @@ def test_detection_for_unknown_image(tmp_path):
     with pytest.raises(DataError) as error:
         CocoKeypoints(ann_file, tmp_path, det_file=det_file)
     assert "detection 0 refers to image id 8" in _one_line(error)
+
+
+# ---------------------------------------------------------------- through the CLI
+
+
+@needs_data
+@pytest.mark.parametrize("folder, ann, keypoints, count", [
+    (COCO, "test_coco.json", "coco17", 17), (CROWDPOSE, "test_crowdpose.json", "crowdpose14", 14)])
+def test_training_on_coco_format_data_through_the_cli(tmp_path, folder, ann, keypoints, count):
+    import torch
+
+    from helpers import posecore, write_tiny_config
+
+    dataset = {"type": "CocoKeypoints", "ann_file": str(folder / ann), "img_dir": str(folder),
+               "keypoints": keypoints}
+    config = write_tiny_config(tmp_path, train_dataloader={"batch_size": 2, "num_workers": 0, "dataset": dataset},
+                               val_dataloader={"batch_size": 4, "dataset": dataset})
+    result = posecore("train", str(config), "--work-dir", str(tmp_path / "wd"))
+    assert result.returncode == 0, result.stderr
+    assert "Iter(val) [4]  PCK: " in result.stderr
+    weights = torch.load(tmp_path / "wd" / "iter_4.pth", weights_only=True)["model"]
+    assert weights["final.weight"].shape[0] == count  # one heatmap per keypoint of the layout
+
+
+def test_coco_dataset_without_files_is_a_config_error(tmp_path):
+    from helpers import posecore, write_tiny_config
+
+    config = write_tiny_config(tmp_path, val_dataloader={"dataset": {"type": "CocoKeypoints", "img_dir": "x"}})
+    result = posecore("config", str(config))
+    assert result.returncode == 2
+    assert "val_dataloader.dataset of type CocoKeypoints needs ann_file" in result.stderr

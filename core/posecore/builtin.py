@@ -33,6 +33,11 @@ def configure(config: dict[str, Any]) -> None:
     train = config["train"]
     if ("max_iters" in train) == ("max_epochs" in train):
         raise ConfigError("set exactly one of train.max_iters and train.max_epochs")
+    for section in ("train_dataloader", "val_dataloader"):
+        dataset = config[section]["dataset"]
+        missing = [k for k in ("ann_file", "img_dir") if dataset["type"] == "CocoKeypoints" and k not in dataset]
+        if missing:
+            raise ConfigError(f"{section}.dataset of type CocoKeypoints needs {' and '.join(missing)}")
     codec = config["codec"]
     if any(i % h for i, h in zip(codec["input_size"], codec["heatmap_size"])):
         raise ConfigError(f"codec.input_size {codec['input_size']} must be a multiple of codec.heatmap_size "

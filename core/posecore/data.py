@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from posecore.errors import ConfigError
 from posecore.rng import init_worker, mixed_rng
+from posecore.pose.coco import CROWDPOSE14, CocoKeypoints
+from posecore.pose.skeleton import COCO17
 from posecore.pose.synthetic import SyntheticPoses
 from posecore.pose.transforms import TopDownTransform
 
@@ -64,11 +66,15 @@ class EpochSampler(Sampler):
         return ((epoch, int(i)) for i in order[self.start:self.usable])
 
 
-def build_source(dataset: dict[str, Any]) -> Any:
+def build_source(dataset: dict[str, Any], train: bool) -> Any:
     """The record source for a validated ``*_dataloader.dataset`` table."""
     options = {k: v for k, v in dataset.items() if k != "type"}
     if dataset["type"] == "SyntheticPoses":
         return SyntheticPoses(options["num_samples"], tuple(options["image_size"]), options["seed"])
+    if dataset["type"] == "CocoKeypoints":
+        layout = {"coco17": COCO17, "crowdpose14": CROWDPOSE14}[options["keypoints"]]
+        return CocoKeypoints(options["ann_file"], options["img_dir"], layout, options.get("det_file"),
+                             options["det_score_thr"], train=train)
     raise AssertionError(f"dataset type {dataset['type']} passed validation but has no builder")
 
 
@@ -85,7 +91,7 @@ def build_loader(config: dict[str, Any], section: str, seed: int, device: torch.
     """A DataLoader over ``config[section]`` whose sampler is an :class:`EpochSampler`."""
     options = config[section]
     train = section == "train_dataloader"
-    source = build_source(options["dataset"])
+    source = build_source(options["dataset"], train)
     dataset = KeyedDataset(source, build_transform(config, source, train), seed)
     batch_size = options["batch_size"]
     if train and len(dataset) < batch_size:

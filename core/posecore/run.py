@@ -175,16 +175,22 @@ class Run:
         if self.seed is None:
             self.seed = secrets.randbits(31)
         model_cfg, codec = self.config["model"], self.config["codec"]
-        self.model = build_model(model_cfg["preset"], num_keypoints=17,
+        self.train_loader = build_loader(self.config, "train_dataloader", self.seed, self.device)
+        self.val_loader = build_loader(self.config, "val_dataloader", self.seed, self.device)
+        info = self.train_loader.dataset.source.keypoint_info
+        if self.val_loader.dataset.source.keypoint_info.num_keypoints != info.num_keypoints:
+            raise ConfigError("train_dataloader and val_dataloader datasets have different keypoint layouts")
+        self.model = build_model(model_cfg["preset"], num_keypoints=info.num_keypoints,
                                  stage_channels=model_cfg.get("stage_channels"),
                                  stage_blocks=model_cfg.get("stage_blocks"),
                                  deconv_channels=model_cfg.get("deconv_channels"),
                                  dropout=model_cfg["dropout"]).to(self.device)
         self.model.train()
         self.optimizer = _build_optimizer(self.config["optim"], self.model)
-        self.train_loader = build_loader(self.config, "train_dataloader", self.seed, self.device)
-        self.val_loader = build_loader(self.config, "val_dataloader", self.seed, self.device)
-        out = self.model(torch.zeros(1, 3, codec["input_size"][1], codec["input_size"][0], device=self.device))
+        self.model.eval()  # a shape probe: no BatchNorm statistics, no dropout draws
+        with torch.no_grad():
+            out = self.model(torch.zeros(1, 3, codec["input_size"][1], codec["input_size"][0], device=self.device))
+        self.model.train()
         if list(out.shape[-2:]) != codec["heatmap_size"][::-1]:
             raise ConfigError(f"codec.heatmap_size is {codec['heatmap_size']} but the model outputs "
                                 f"[{out.shape[-1]}, {out.shape[-2]}] for codec.input_size {codec['input_size']}; "

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from posecore.config import Key, Section, Variants
 
+COCO_KEYPOINTS = Section({
+    "ann_file": Key(str, None, "COCO person-keypoints annotation JSON (required); relative paths are from the "
+                               "current directory."),
+    "img_dir": Key(str, None, "Folder holding the images named by `file_name` (required)."),
+    "keypoints": Key(str, "coco17", "Keypoint layout of the file.", choices=("coco17", "crowdpose14")),
+    "det_file": Key(str, None, "Detected person boxes (COCO results JSON) to use instead of the annotations' boxes."),
+    "det_score_thr": Key(float, 0.0, "Ignore detections scoring below this.", min=0, max=1),
+}, "COCO-format keypoint annotations and images (COCO, OCHuman, CrowdPose, your own data).")
+
+
 def _synthetic(num_samples: int, seed: int) -> Variants:
     synthetic = Section({
         "num_samples": Key(int, num_samples, "Number of generated samples (made on the fly, no files).", min=1),
@@ -11,7 +21,7 @@ def _synthetic(num_samples: int, seed: int) -> Variants:
         "seed": Key(int, seed, "Seed of the figures themselves (not of augmentation); train and val differ.",
                     min=0),
     }, "Human-like stick figures with 17 COCO-ordered keypoints, deterministic per index.")
-    return Variants({"SyntheticPoses": synthetic}, "SyntheticPoses", "Dataset type.")
+    return Variants({"SyntheticPoses": synthetic, "CocoKeypoints": COCO_KEYPOINTS}, "SyntheticPoses", "Dataset type.")
 
 
 def _dataloader(batch_size: int, num_workers: int, dataset: Variants, help: str) -> Section:
