@@ -326,3 +326,31 @@ def test_coco_dataset_without_files_is_a_config_error(tmp_path):
     result = posecore("config", str(config))
     assert result.returncode == 2
     assert "val_dataloader.dataset of type CocoKeypoints needs ann_file" in result.stderr
+
+
+@needs_data
+def test_coco_metric_validation_logs_ap_and_keeps_the_best(tmp_path):
+    pytest.importorskip("pycocotools")
+    from helpers import posecore, write_tiny_config
+
+    dataset = {"type": "CocoKeypoints", "ann_file": str(COCO_ANN), "img_dir": str(COCO)}
+    config = write_tiny_config(tmp_path, train_dataloader={"batch_size": 2, "num_workers": 0, "dataset": dataset},
+                               val_dataloader={"batch_size": 8, "dataset": {**dataset, "det_file": str(COCO_DET),
+                                                                             "det_score_thr": 0.3}},
+                               val_evaluator={"type": "CocoMetric"})
+    result = posecore("train", str(config), "--work-dir", str(tmp_path / "wd"), "--cfg-options",
+                      'checkpoint.save_best="AP"')
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in next((tmp_path / "wd").glob("*/vis_data/scalars.json")).read_text()
+             .splitlines() if "val/AP" in line]
+    assert [line["step"] for line in lines] == [2, 4]
+    assert all(0.0 <= line["val/AP"] <= 1.0 and "val/ARl" in line for line in lines)
+    assert len(list((tmp_path / "wd").glob("best_AP_iter_*.pth"))) == 1
+
+
+def test_coco_metric_needs_a_coco_validation_set(tmp_path):
+    from helpers import posecore, write_tiny_config
+
+    result = posecore("config", str(write_tiny_config(tmp_path, val_evaluator={"type": "CocoMetric"})))
+    assert result.returncode == 2
+    assert "val_evaluator.type CocoMetric needs a CocoKeypoints val_dataloader.dataset" in result.stderr

@@ -38,6 +38,9 @@ def configure(config: dict[str, Any]) -> None:
         missing = [k for k in ("ann_file", "img_dir") if dataset["type"] == "CocoKeypoints" and k not in dataset]
         if missing:
             raise ConfigError(f"{section}.dataset of type CocoKeypoints needs {' and '.join(missing)}")
+    if config["val_evaluator"]["type"] == "CocoMetric" and config["val_dataloader"]["dataset"]["type"] != \
+            "CocoKeypoints":
+        raise ConfigError("val_evaluator.type CocoMetric needs a CocoKeypoints val_dataloader.dataset")
     codec = config["codec"]
     if any(i % h for i, h in zip(codec["input_size"], codec["heatmap_size"])):
         raise ConfigError(f"codec.input_size {codec['input_size']} must be a multiple of codec.heatmap_size "

@@ -36,7 +36,10 @@ class KeyedDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
         epoch, index = key
         rng = mixed_rng(self.seed, epoch, index) if self.transform.train else None
-        return self.transform(self.source.load(index), rng)
+        record = self.source.load(index)
+        sample = self.transform(record, rng)
+        sample.update({key: record[key] for key in ("image_id", "score") if key in record})  # for COCO results
+        return sample
 
 
 class EpochSampler(Sampler):

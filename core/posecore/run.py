@@ -290,20 +290,21 @@ class Run:
     def validate(self, forward: Any = contextlib.nullcontext()) -> dict[str, float]:
         """Score the model on the validation data, log it, call ``after_val``, keep the best checkpoint."""
         self.model.eval()
-        preds, truths, visible, sizes = [], [], [], []
+        batches = []
         heatmap_size = tuple(self.config["codec"]["heatmap_size"])
         for batch in self.val_loader:
             with forward:
                 heatmaps = self.model(batch["img"].to(self.device))
-            coords, _ = decode_heatmaps(heatmaps.float().cpu())
-            preds.append(heatmap_to_image(coords, batch["center"], batch["scale"], heatmap_size))
-            truths.append(batch["keypoints"])
-            visible.append(batch["visible"])
-            sizes.append(batch["box"][:, 2:])
+            coords, scores = decode_heatmaps(heatmaps.float().cpu())
+            batches.append({**batch, "pred": heatmap_to_image(coords, batch["center"], batch["scale"], heatmap_size),
+                            "pred_score": scores})
         self.model.train()
         evaluator = self.config["val_evaluator"]
-        metrics = {"PCK": pck(torch.cat(preds), torch.cat(truths), torch.cat(visible), torch.cat(sizes),
-                              evaluator["thr"])}
+        val = {key: torch.cat([b[key] for b in batches]) for key in batches[0] if key != "img"}
+        if evaluator["type"] == "CocoMetric":
+            metrics = self._coco_metrics(val, evaluator)
+        else:
+            metrics = {"PCK": pck(val["pred"], val["keypoints"], val["visible"], val["box"][:, 2:], evaluator["thr"])}
         self.hook.after_val(run=self, metrics=metrics)
         self.write_scalars({f"val/{name}": value for name, value in metrics.items()})
         for backend in self.backends:
@@ -312,6 +313,20 @@ class Run:
         self._keep_best(metrics)
         self.timer.reset(time.perf_counter())
         return metrics
+
+    def _coco_metrics(self, val: dict[str, torch.Tensor], evaluator: dict[str, Any]) -> dict[str, float]:
+        """COCO keypoint AP of the predictions: rescored, OKS-NMS per image, scored by pycocotools."""
+        from posecore.pose.coco_eval import coco_keypoint_ap, rescore, to_results
+
+        source = self.val_loader.dataset.source
+        sigmas = source.keypoint_info.sigmas
+        instances = [{"image_id": int(image_id), "keypoints": torch.cat([pred, score[:, None]], 1).numpy(),
+                      "score": rescore(score.numpy(), float(box_score), evaluator["keypoint_score_thr"]),
+                      "area": float(scale[0] * scale[1])}
+                     for image_id, pred, score, box_score, scale in zip(val["image_id"], val["pred"], val["pred_score"],
+                                                                       val["score"], val["scale"])]
+        results = to_results(instances, sigmas, evaluator["nms_thr"])
+        return coco_keypoint_ap(self.config["val_dataloader"]["dataset"]["ann_file"], results, sigmas)
 
     def _keep_best(self, metrics: dict[str, float]) -> None:
         name = self.config["checkpoint"].get("save_best")

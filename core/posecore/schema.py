@@ -75,9 +75,14 @@ CORE_SCHEMA = {
     }, "Training augmentation; each sample's randomness is drawn from (seed, epoch, index)."),
     "val_dataloader": _dataloader(64, 0, _synthetic(256, 1), "Validation data (no augmentation)."),
     "val_evaluator": Section({
-        "type": Key(str, "PCKAccuracy", "Metric.", choices=("PCKAccuracy",)),
-        "thr": Key(float, 0.05, "PCK threshold, as a fraction of the box width/height.", min=0, max=1),
-    }, "How validation is scored; the metric is logged as `PCK`."),
+        "type": Key(str, "PCKAccuracy", "`PCKAccuracy` (logged as `PCK`) or `CocoMetric` (COCO keypoint AP via "
+                                        "pycocotools, `posecore[coco]`: `AP`, `AP50`, ... `ARl`; needs a "
+                                        "CocoKeypoints validation set).", choices=("PCKAccuracy", "CocoMetric")),
+        "thr": Key(float, 0.05, "PCKAccuracy: threshold, as a fraction of the box width/height.", min=0, max=1),
+        "nms_thr": Key(float, 0.9, "CocoMetric: OKS-NMS threshold among one image's instances.", min=0, max=1),
+        "keypoint_score_thr": Key(float, 0.2, "CocoMetric: keypoint scores above this form the instance score.",
+                                  min=0, max=1),
+    }, "How validation is scored."),
     "optim": Section({
         "type": Key(str, "AdamW", "Optimizer.", choices=("Adam", "AdamW", "SGD")),
         "lr": Key(float, 2e-3, "Base learning rate.", min=0),
