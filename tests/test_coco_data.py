@@ -354,3 +354,28 @@ def test_coco_metric_needs_a_coco_validation_set(tmp_path):
     result = posecore("config", str(write_tiny_config(tmp_path, val_evaluator={"type": "CocoMetric"})))
     assert result.returncode == 2
     assert "val_evaluator.type CocoMetric needs a CocoKeypoints val_dataloader.dataset" in result.stderr
+
+
+@needs_data
+def test_posecore_test_prints_the_metrics_and_writes_coco_results(tmp_path):
+    pytest.importorskip("pycocotools")
+    from helpers import posecore, write_tiny_config
+    from posecore.pose.coco_eval import coco_keypoint_ap
+
+    dataset = {"type": "CocoKeypoints", "ann_file": str(COCO_ANN), "img_dir": str(COCO)}
+    config = write_tiny_config(tmp_path, train_dataloader={"batch_size": 2, "num_workers": 0, "dataset": dataset},
+                               val_dataloader={"batch_size": 8, "dataset": {**dataset, "det_file": str(COCO_DET)}},
+                               val_evaluator={"type": "CocoMetric"})
+    trained = posecore("train", str(config), "--work-dir", str(tmp_path / "wd"))
+    assert trained.returncode == 0, trained.stderr
+    result = posecore("test", str(config), "--checkpoint", str(tmp_path / "wd" / "iter_4.pth"),
+                      "--work-dir", str(tmp_path / "test"))
+    assert result.returncode == 0, result.stderr
+    table = dict(line.split() for line in result.stdout.splitlines()[1:])
+    assert list(table) == ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"]
+    (written,) = (tmp_path / "test").glob("*/predictions.keypoints.json")
+    results = json.loads(written.read_text())
+    assert results and {"image_id", "category_id", "keypoints", "score"} <= set(results[0])
+    assert f"{coco_keypoint_ap(COCO_ANN, written)['AP']:.4f}" == table["AP"]  # the file is what was scored
+    missing = posecore("test", str(config), "--checkpoint", str(tmp_path / "nope.pth"))
+    assert missing.returncode == 2 and "checkpoint not found" in missing.stderr

@@ -91,6 +91,25 @@ def train(config: Path, plugins: tuple[str, ...], cfg_options: tuple[str, ...], 
 
 
 @cli.command(epilog=EXAMPLES)
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The checkpoint (or state_dict file) whose weights to evaluate.")
+@_config_options
+def test(config: Path, checkpoint: Path, plugins: tuple[str, ...], cfg_options: tuple[str, ...],
+         **shorthands: Any) -> None:
+    """Evaluate CHECKPOINT on CONFIG's validation data and print the metrics table."""
+    from posecore.plugins import load_config
+    from posecore.run import Run, evaluate
+
+    settings, plugin_set = load_config(config, _overrides(cfg_options, **shorthands), plugins)
+    metrics = evaluate(Run(settings, plugin_set), checkpoint)
+    width = max(len(name) for name in metrics)
+    click.echo(f"{'metric'.ljust(width)}  value")
+    for name, value in metrics.items():
+        click.echo(f"{name.ljust(width)}  {value:.4f}")
+
+
+@cli.command(epilog=EXAMPLES)
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--reference", is_flag=True, help="Print the Markdown reference of every key instead.")
 @_config_options

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import secrets
@@ -66,6 +67,21 @@ def train(run: Run) -> None:
                 run.save()
         if run.stopping is not None:
             run.stop()
+
+
+def evaluate(run: Run, weights: Path) -> dict[str, float]:
+    """``posecore test``: score ``weights`` on the validation data; COCO results go to the run folder."""
+    with run.session():
+        run.hook.before_build(run=run)
+        run.build()
+        run.load_weights(weights)
+        metrics, results = run.score(run.hook.forward_context(run=run) or contextlib.nullcontext())
+        if results:
+            path = run.run_dir / "predictions.keypoints.json"
+            path.write_text(json.dumps(results), encoding="utf-8")
+            run.log.info("predictions written to %s", path)
+        run.log.info("Test %s  %s", weights, format_scalars(metrics))
+    return metrics
 
 
 class Timer:
@@ -286,9 +302,21 @@ class Run:
         for backend in self.backends:
             backend.add_scalars(scalars, self.iteration)
 
-    @torch.no_grad()
     def validate(self, forward: Any = contextlib.nullcontext()) -> dict[str, float]:
         """Score the model on the validation data, log it, call ``after_val``, keep the best checkpoint."""
+        metrics, _ = self.score(forward)
+        self.hook.after_val(run=self, metrics=metrics)
+        self.write_scalars({f"val/{name}": value for name, value in metrics.items()})
+        for backend in self.backends:
+            backend.flush()
+        self.log.info("Iter(val) [%d]  %s", self.iteration, format_scalars(metrics))
+        self._keep_best(metrics)
+        self.timer.reset(time.perf_counter())
+        return metrics
+
+    @torch.no_grad()
+    def score(self, forward: Any = contextlib.nullcontext()) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """Predict on the validation data: the metrics, and the COCO results list (empty for PCK)."""
         self.model.eval()
         batches = []
         heatmap_size = tuple(self.config["codec"]["heatmap_size"])
@@ -301,22 +329,17 @@ class Run:
         self.model.train()
         evaluator = self.config["val_evaluator"]
         val = {key: torch.cat([b[key] for b in batches]) for key in batches[0] if key != "img"}
-        if evaluator["type"] == "CocoMetric":
-            metrics = self._coco_metrics(val, evaluator)
-        else:
-            metrics = {"PCK": pck(val["pred"], val["keypoints"], val["visible"], val["box"][:, 2:], evaluator["thr"])}
-        self.hook.after_val(run=self, metrics=metrics)
-        self.write_scalars({f"val/{name}": value for name, value in metrics.items()})
-        for backend in self.backends:
-            backend.flush()
-        self.log.info("Iter(val) [%d]  %s", self.iteration, format_scalars(metrics))
-        self._keep_best(metrics)
-        self.timer.reset(time.perf_counter())
-        return metrics
+        if evaluator["type"] != "CocoMetric":
+            return {"PCK": pck(val["pred"], val["keypoints"], val["visible"], val["box"][:, 2:], evaluator["thr"])}, []
+        from posecore.pose.coco_eval import coco_keypoint_ap
 
-    def _coco_metrics(self, val: dict[str, torch.Tensor], evaluator: dict[str, Any]) -> dict[str, float]:
-        """COCO keypoint AP of the predictions: rescored, OKS-NMS per image, scored by pycocotools."""
-        from posecore.pose.coco_eval import coco_keypoint_ap, rescore, to_results
+        results = self._coco_results(val, evaluator)
+        sigmas = self.val_loader.dataset.source.keypoint_info.sigmas
+        return coco_keypoint_ap(self.config["val_dataloader"]["dataset"]["ann_file"], results, sigmas), results
+
+    def _coco_results(self, val: dict[str, torch.Tensor], evaluator: dict[str, Any]) -> list[dict[str, Any]]:
+        """The predictions as COCO results: rescored, then OKS-NMS within each image."""
+        from posecore.pose.coco_eval import rescore, to_results
 
         source = self.val_loader.dataset.source
         sigmas = source.keypoint_info.sigmas
@@ -325,8 +348,7 @@ class Run:
                       "area": float(scale[0] * scale[1])}
                      for image_id, pred, score, box_score, scale in zip(val["image_id"], val["pred"], val["pred_score"],
                                                                        val["score"], val["scale"])]
-        results = to_results(instances, sigmas, evaluator["nms_thr"])
-        return coco_keypoint_ap(self.config["val_dataloader"]["dataset"]["ann_file"], results, sigmas)
+        return to_results(instances, sigmas, evaluator["nms_thr"])
 
     def _keep_best(self, metrics: dict[str, float]) -> None:
         name = self.config["checkpoint"].get("save_best")
