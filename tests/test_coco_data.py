@@ -328,16 +328,23 @@ def test_coco_dataset_without_files_is_a_config_error(tmp_path):
     assert "val_dataloader.dataset of type CocoKeypoints needs ann_file" in result.stderr
 
 
+def coco_metric_config(tmp_path: Path, **det_options: float) -> Path:
+    """A tiny run training on the COCO sample's GT boxes, validated by COCO AP on its detected boxes."""
+    from helpers import write_tiny_config
+
+    dataset = {"type": "CocoKeypoints", "ann_file": str(COCO_ANN), "img_dir": str(COCO)}
+    return write_tiny_config(tmp_path, train_dataloader={"batch_size": 2, "num_workers": 0, "dataset": dataset},
+                             val_dataloader={"batch_size": 8, "dataset": {**dataset, "det_file": str(COCO_DET),
+                                                                           **det_options}},
+                             val_evaluator={"type": "CocoMetric"})
+
+
 @needs_data
 def test_coco_metric_validation_logs_ap_and_keeps_the_best(tmp_path):
     pytest.importorskip("pycocotools")
-    from helpers import posecore, write_tiny_config
+    from helpers import posecore
 
-    dataset = {"type": "CocoKeypoints", "ann_file": str(COCO_ANN), "img_dir": str(COCO)}
-    config = write_tiny_config(tmp_path, train_dataloader={"batch_size": 2, "num_workers": 0, "dataset": dataset},
-                               val_dataloader={"batch_size": 8, "dataset": {**dataset, "det_file": str(COCO_DET),
-                                                                             "det_score_thr": 0.3}},
-                               val_evaluator={"type": "CocoMetric"})
+    config = coco_metric_config(tmp_path, det_score_thr=0.3)
     result = posecore("train", str(config), "--work-dir", str(tmp_path / "wd"), "--cfg-options",
                       'checkpoint.save_best="AP"')
     assert result.returncode == 0, result.stderr
@@ -359,13 +366,10 @@ def test_coco_metric_needs_a_coco_validation_set(tmp_path):
 @needs_data
 def test_posecore_test_prints_the_metrics_and_writes_coco_results(tmp_path):
     pytest.importorskip("pycocotools")
-    from helpers import posecore, write_tiny_config
+    from helpers import posecore
     from posecore.pose.coco_eval import coco_keypoint_ap
 
-    dataset = {"type": "CocoKeypoints", "ann_file": str(COCO_ANN), "img_dir": str(COCO)}
-    config = write_tiny_config(tmp_path, train_dataloader={"batch_size": 2, "num_workers": 0, "dataset": dataset},
-                               val_dataloader={"batch_size": 8, "dataset": {**dataset, "det_file": str(COCO_DET)}},
-                               val_evaluator={"type": "CocoMetric"})
+    config = coco_metric_config(tmp_path)
     trained = posecore("train", str(config), "--work-dir", str(tmp_path / "wd"))
     assert trained.returncode == 0, trained.stderr
     result = posecore("test", str(config), "--checkpoint", str(tmp_path / "wd" / "iter_4.pth"),

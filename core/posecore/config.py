@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Union
 
@@ -60,7 +60,6 @@ class Variants:
     options: Mapping[str, Section]
     default: str | None
     help: str = ""
-    extra: Callable[[], Mapping[str, Section]] | None = field(default=None, compare=False)
 
 
 Schema = Mapping[str, Union[Key, Section, Variants]]
@@ -161,9 +160,7 @@ def validate_table(value: Mapping[str, Any], spec: Section | Variants, origin: O
     """Validate one table against a Section, or against the Section its ``type`` selects."""
     if isinstance(spec, Section):
         return validate(value, spec.keys, origin, dotted + ".")
-    options = dict(spec.options)
-    if spec.extra is not None:
-        options.update(spec.extra())
+    options = spec.options
     kind = value.get("type", spec.default)
     if kind is None:
         raise ConfigError(f"{origin(dotted)}: '{dotted}.type' is required; one of {', '.join(sorted(options))}")

@@ -105,13 +105,10 @@ def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> dict[s
 class PluginSet:
     """One run's plugin manager: the core plus the active plugins, and what they declared."""
 
-    def __init__(self, installed: list[PluginInfo], active: list[PluginInfo], pm: pluggy.PluginManager,
-                 schemas: dict[str, Schema], backends: dict[str, type]) -> None:
-        self.installed = installed
+    def __init__(self, active: list[PluginInfo], pm: pluggy.PluginManager, backends: dict[str, type]) -> None:
         self.active = active
         self.pm = pm
         self.hook = pm.hook
-        self.schemas = schemas
         self.backends = backends
 
     def header(self) -> str:
@@ -200,8 +197,7 @@ def resolve(user: dict[str, Any], origin: Any, cli_plugins: Iterable[str] = (),
         if plugin.name not in active:
             pm.unregister(name=plugin.name)
     pm.check_pending()
-    plugin_set = PluginSet(installed, [p for p in candidates if p.name in active], pm,
-                           {n: s for n, s in schemas.items() if n in active},
+    plugin_set = PluginSet([p for p in candidates if p.name in active], pm,
                            {k: c for k, c in backends.items() if backend_owner[k] in active})
     try:
         pm.hook.configure(config=config)
