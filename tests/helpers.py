@@ -12,6 +12,7 @@ from posecore.testing import TINY_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+COCO = SHARED_DATA / "coco"
 
 
 def write_tiny_config(folder: Path, **sections: object) -> Path:
@@ -19,6 +20,15 @@ def write_tiny_config(folder: Path, **sections: object) -> Path:
     path = folder / "tiny.toml"
     path.write_text(dumps({**TINY_CONFIG, **sections}), encoding="utf-8")
     return path
+
+
+def coco_config(folder: Path, **det_options: float) -> Path:
+    """A tiny run training on the COCO sample's GT boxes, validated by COCO AP on its detected boxes."""
+    dataset = {"type": "CocoKeypoints", "ann_file": str(COCO / "test_coco.json"), "img_dir": str(COCO)}
+    detected = {**dataset, "det_file": str(COCO / "test_coco_det_AP_H_56.json"), **det_options}
+    return write_tiny_config(folder, train_dataloader={"batch_size": 2, "num_workers": 0, "dataset": dataset},
+                             val_dataloader={"batch_size": 8, "dataset": detected},
+                             val_evaluator={"type": "CocoMetric"})
 
 
 def posecore(*args: str, cwd: Path | None = None, pythonpath: list[Path] = (), timeout: float = 300,

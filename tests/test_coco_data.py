@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from posecore.errors import InputError
-from posecore.pose.coco import CROWDPOSE14, CocoKeypoints, DataError
+from posecore.pose.coco import CocoKeypoints, DataError
+from posecore.pose.skeleton import CROWDPOSE14
 from posecore.pose.skeleton import COCO17
 from posecore.pose.transforms import TopDownTransform
 
@@ -301,15 +302,20 @@ def test_detection_for_unknown_image(tmp_path):
 
 
 @needs_data
-@pytest.mark.parametrize("folder, ann, keypoints, count", [
-    (COCO, "test_coco.json", "coco17", 17), (CROWDPOSE, "test_crowdpose.json", "crowdpose14", 14)])
-def test_training_on_coco_format_data_through_the_cli(tmp_path, folder, ann, keypoints, count):
+@pytest.mark.parametrize("folder, ann, layout, count", [
+    (COCO, "test_coco.json", {"keypoints": "coco17"}, 17),
+    (CROWDPOSE, "test_crowdpose.json", {"keypoints": "crowdpose14"}, 14),
+    # CrowdPose expressed in the config, as a layout of one's own would be:
+    (CROWDPOSE, "test_crowdpose.json", {"keypoint_names": list(CROWDPOSE14.names),
+                                        "flip_pairs": [list(p) for p in CROWDPOSE14.flip_pairs],
+                                        "skeleton": [list(p) for p in CROWDPOSE14.skeleton],
+                                        "sigmas": list(CROWDPOSE14.sigmas)}, 14)])
+def test_training_on_coco_format_data_through_the_cli(tmp_path, folder, ann, layout, count):
     import torch
 
     from helpers import posecore, write_tiny_config
 
-    dataset = {"type": "CocoKeypoints", "ann_file": str(folder / ann), "img_dir": str(folder),
-               "keypoints": keypoints}
+    dataset = {"type": "CocoKeypoints", "ann_file": str(folder / ann), "img_dir": str(folder), **layout}
     config = write_tiny_config(tmp_path, train_dataloader={"batch_size": 2, "num_workers": 0, "dataset": dataset},
                                val_dataloader={"batch_size": 4, "dataset": dataset})
     result = posecore("train", str(config), "--work-dir", str(tmp_path / "wd"))
@@ -328,23 +334,12 @@ def test_coco_dataset_without_files_is_a_config_error(tmp_path):
     assert "val_dataloader.dataset of type CocoKeypoints needs ann_file" in result.stderr
 
 
-def coco_metric_config(tmp_path: Path, **det_options: float) -> Path:
-    """A tiny run training on the COCO sample's GT boxes, validated by COCO AP on its detected boxes."""
-    from helpers import write_tiny_config
-
-    dataset = {"type": "CocoKeypoints", "ann_file": str(COCO_ANN), "img_dir": str(COCO)}
-    return write_tiny_config(tmp_path, train_dataloader={"batch_size": 2, "num_workers": 0, "dataset": dataset},
-                             val_dataloader={"batch_size": 8, "dataset": {**dataset, "det_file": str(COCO_DET),
-                                                                           **det_options}},
-                             val_evaluator={"type": "CocoMetric"})
-
-
 @needs_data
 def test_coco_metric_validation_logs_ap_and_keeps_the_best(tmp_path):
     pytest.importorskip("pycocotools")
-    from helpers import posecore
+    from helpers import coco_config, posecore
 
-    config = coco_metric_config(tmp_path, det_score_thr=0.3)
+    config = coco_config(tmp_path, det_score_thr=0.3)
     result = posecore("train", str(config), "--work-dir", str(tmp_path / "wd"), "--cfg-options",
                       'checkpoint.save_best="AP"')
     assert result.returncode == 0, result.stderr
@@ -366,10 +361,10 @@ def test_coco_metric_needs_a_coco_validation_set(tmp_path):
 @needs_data
 def test_posecore_test_prints_the_metrics_and_writes_coco_results(tmp_path):
     pytest.importorskip("pycocotools")
-    from helpers import posecore
+    from helpers import coco_config, posecore
     from posecore.pose.coco_eval import coco_keypoint_ap
 
-    config = coco_metric_config(tmp_path)
+    config = coco_config(tmp_path)
     trained = posecore("train", str(config), "--work-dir", str(tmp_path / "wd"))
     assert trained.returncode == 0, trained.stderr
     result = posecore("test", str(config), "--checkpoint", str(tmp_path / "wd" / "iter_4.pth"),
@@ -383,3 +378,26 @@ def test_posecore_test_prints_the_metrics_and_writes_coco_results(tmp_path):
     assert f"{coco_keypoint_ap(COCO_ANN, written)['AP']:.4f}" == table["AP"]  # the file is what was scored
     missing = posecore("test", str(config), "--checkpoint", str(tmp_path / "nope.pth"))
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
+
+
+@pytest.mark.parametrize("train_layout, val_layout, message", [
+    ({"keypoint_names": ["a", "b", "c"]}, None,
+     "train_dataloader.dataset: 3 keypoint names but 17 sigmas; a layout of your own sets keypoint_names, sigmas"),
+    ({"keypoint_names": ["a", "b", "c"], "sigmas": [0.1, 0.1, 0.1]}, None,
+     "flip_pairs pair (3, 4) is out of range for 3 keypoints"),
+    ({"flip_pairs": [[1]]}, None, "flip_pairs must be a list of [index, index] pairs"),
+    ({"keypoints": "crowdpose14"}, {},
+     "train_dataloader.dataset has 14 keypoints but val_dataloader.dataset has 17; one model predicts one layout"),
+])
+def test_keypoint_layout_errors_name_the_key(tmp_path, train_layout, val_layout, message):
+    from helpers import write_tiny_config
+    from posecore.errors import ConfigError
+    from posecore.plugins import load_config
+
+    dataset = {"type": "CocoKeypoints", "ann_file": "a.json", "img_dir": "."}
+    config = write_tiny_config(tmp_path, train_dataloader={"dataset": {**dataset, **train_layout}},
+                               val_dataloader={"dataset": {**dataset, **(val_layout if val_layout is not None
+                                                                         else train_layout)}})
+    with pytest.raises(ConfigError) as error:
+        load_config(config, [], [])
+    assert message in str(error.value)

@@ -21,6 +21,8 @@ Examples:
   posecore train run.toml --amp --cfg-options randomness.seed=2023 train.max_iters=500
   posecore train run.toml --resume                  # continue from the latest checkpoint
   posecore train run.toml --plugin no:tensorboard   # block an installed plugin
+  posecore test run.toml --checkpoint work_dirs/run/iter_1000.pth
+  posecore predict photo.jpg --config run.toml --checkpoint work_dirs/run/iter_1000.pth
   posecore config run.toml --cfg-options optim.lr=1e-3
   posecore plugins --config run.toml
 """
@@ -107,6 +109,31 @@ def test(config: Path, checkpoint: Path, plugins: tuple[str, ...], cfg_options: 
     click.echo(f"{'metric'.ljust(width)}  value")
     for name, value in metrics.items():
         click.echo(f"{name.ljust(width)}  {value:.4f}")
+
+
+@cli.command(epilog=EXAMPLES)
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The config the checkpoint was trained with (model, codec, keypoint layout).")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The checkpoint (or state_dict file) whose weights to use.")
+@click.option("--boxes", type=click.Path(dir_okay=False, path_type=Path),
+              help='JSON {"image.jpg": [[x, y, w, h(, score)], ...]} of person boxes; default: the whole image.')
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the drawn images and keypoints.json (default: predictions/ in the run folder).")
+@click.option("--kpt-thr", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="Draw keypoints scoring above this.")
+@_config_options
+def predict(images: tuple[Path, ...], config_path: Path, checkpoint: Path, boxes: Path | None, out: Path | None,
+            kpt_thr: float, plugins: tuple[str, ...], cfg_options: tuple[str, ...], **shorthands: Any) -> None:
+    """Predict the poses in IMAGES: write them drawn, and keypoints.json."""
+    from posecore.plugins import load_config
+    from posecore.predict import predict_images
+    from posecore.run import Run
+
+    settings, plugin_set = load_config(config_path, _overrides(cfg_options, **shorthands), plugins)
+    folder = predict_images(Run(settings, plugin_set), images, checkpoint, boxes, out, kpt_thr)
+    click.echo(f"{len(images)} image(s) -> {folder}")
 
 
 @cli.command(epilog=EXAMPLES)

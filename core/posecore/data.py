@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from posecore.errors import ConfigError
 from posecore.rng import init_worker, mixed_rng
-from posecore.pose.coco import CROWDPOSE14, CocoKeypoints
-from posecore.pose.skeleton import COCO17
+from posecore.pose.coco import CocoKeypoints
+from posecore.pose.skeleton import keypoint_layout
 from posecore.pose.synthetic import SyntheticPoses
 from posecore.pose.transforms import TopDownTransform
 
@@ -75,17 +75,17 @@ def build_source(dataset: dict[str, Any], train: bool) -> Any:
     if dataset["type"] == "SyntheticPoses":
         return SyntheticPoses(options["num_samples"], tuple(options["image_size"]), options["seed"])
     if dataset["type"] == "CocoKeypoints":
-        layout = {"coco17": COCO17, "crowdpose14": CROWDPOSE14}[options["keypoints"]]
-        return CocoKeypoints(options["ann_file"], options["img_dir"], layout, options.get("det_file"),
+        return CocoKeypoints(options["ann_file"], options["img_dir"], keypoint_layout(dataset), options.get("det_file"),
                              options["det_score_thr"], train=train)
     raise AssertionError(f"dataset type {dataset['type']} passed validation but has no builder")
 
 
-def build_transform(config: dict[str, Any], source: Any, train: bool) -> TopDownTransform:
+def build_transform(config: dict[str, Any], flip_pairs: Any, train: bool) -> TopDownTransform:
+    """The top-down transform the config's codec and augmentation describe (no augmentation unless ``train``)."""
     codec, augment = config["codec"], config["augment"]
     return TopDownTransform(
         input_size=tuple(codec["input_size"]), heatmap_size=tuple(codec["heatmap_size"]), sigma=codec["sigma"],
-        flip_pairs=source.keypoint_info.flip_pairs, train=train, flip_prob=augment["flip_prob"],
+        flip_pairs=flip_pairs, train=train, flip_prob=augment["flip_prob"],
         scale_factor=augment["scale_factor"], rotate_factor=augment["rotate_factor"],
         rotate_prob=augment["rotate_prob"], padding=augment["padding"])
 
@@ -95,7 +95,7 @@ def build_loader(config: dict[str, Any], section: str, seed: int, device: torch.
     options = config[section]
     train = section == "train_dataloader"
     source = build_source(options["dataset"], train)
-    dataset = KeyedDataset(source, build_transform(config, source, train), seed)
+    dataset = KeyedDataset(source, build_transform(config, source.keypoint_info.flip_pairs, train), seed)
     batch_size = options["batch_size"]
     if train and len(dataset) < batch_size:
         raise ConfigError(f"{section}.dataset has {len(dataset)} samples, fewer than batch_size {batch_size}")

@@ -27,6 +27,8 @@ from posecore.logs import Progress, format_scalars, setup_logger
 from posecore.plugins import PluginSet, call_each, call_one
 from posecore.pose.metrics import decode_heatmaps, heatmap_to_image, pck
 from posecore.pose.model import build_model, heatmap_loss
+from posecore.pose.skeleton import keypoint_layout
+from posecore.pose.transforms import flip_order
 
 
 def train(run: Run) -> None:
@@ -117,6 +119,7 @@ class Run:
         self.run_dir = self.vis_dir = Path()
         self.log = logging.getLogger("posecore")
         self.device = _pick_device(config["device"])
+        self.layout = keypoint_layout(config["val_dataloader"]["dataset"])
         self.seed: int | None = None
         self.iteration = self.epoch = self.epoch_batch = self.optimizer_steps = 0
         self.max_iters = 0
@@ -190,30 +193,30 @@ class Run:
         """Build model, optimizer and loaders (after plugins' ``before_build`` seeded the generators)."""
         if self.seed is None:
             self.seed = secrets.randbits(31)
-        model_cfg, codec = self.config["model"], self.config["codec"]
         self.train_loader = build_loader(self.config, "train_dataloader", self.seed, self.device)
         self.val_loader = build_loader(self.config, "val_dataloader", self.seed, self.device)
-        info = self.train_loader.dataset.source.keypoint_info
-        if self.val_loader.dataset.source.keypoint_info.num_keypoints != info.num_keypoints:
-            raise ConfigError("train_dataloader and val_dataloader datasets have different keypoint layouts")
-        self.model = build_model(model_cfg["preset"], num_keypoints=info.num_keypoints,
+        self.build_model()
+        self.optimizer = _build_optimizer(self.config["optim"], self.model)
+        per_epoch = self.train_loader.sampler.usable // self.train_loader.batch_size
+        train_cfg = self.config["train"]
+        self.max_iters = train_cfg.get("max_iters") or train_cfg["max_epochs"] * per_epoch
+
+    def build_model(self) -> None:
+        """Build the model for the config's keypoint layout and check its heatmap size against the codec."""
+        model_cfg, codec = self.config["model"], self.config["codec"]
+        self.model = build_model(model_cfg["preset"], num_keypoints=self.layout.num_keypoints,
                                  stage_channels=model_cfg.get("stage_channels"),
                                  stage_blocks=model_cfg.get("stage_blocks"),
                                  deconv_channels=model_cfg.get("deconv_channels"),
                                  dropout=model_cfg["dropout"]).to(self.device)
-        self.model.train()
-        self.optimizer = _build_optimizer(self.config["optim"], self.model)
         self.model.eval()  # a shape probe: no BatchNorm statistics, no dropout draws
         with torch.no_grad():
             out = self.model(torch.zeros(1, 3, codec["input_size"][1], codec["input_size"][0], device=self.device))
         self.model.train()
         if list(out.shape[-2:]) != codec["heatmap_size"][::-1]:
             raise ConfigError(f"codec.heatmap_size is {codec['heatmap_size']} but the model outputs "
-                                f"[{out.shape[-1]}, {out.shape[-2]}] for codec.input_size {codec['input_size']}; "
-                                f"set codec.heatmap_size = [{out.shape[-1]}, {out.shape[-2]}]")
-        per_epoch = self.train_loader.sampler.usable // self.train_loader.batch_size
-        train_cfg = self.config["train"]
-        self.max_iters = train_cfg.get("max_iters") or train_cfg["max_epochs"] * per_epoch
+                              f"[{out.shape[-1]}, {out.shape[-2]}] for codec.input_size {codec['input_size']}; "
+                              f"set codec.heatmap_size = [{out.shape[-1]}, {out.shape[-2]}]")
 
     def start_vis(self) -> None:
         """Open the vis backends and dump the config as this run uses it (drawn or resumed seed included).
@@ -315,17 +318,28 @@ class Run:
         return metrics
 
     @torch.no_grad()
+    def predict(self, images: torch.Tensor, center: Any, scale: Any,
+                forward: Any = contextlib.nullcontext()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keypoints (N, K, 2) in image coordinates and their scores (N, K) for network inputs (N, 3, H, W)
+        cropped around ``center`` (N, 2) at ``scale`` (N, 2); with ``model.flip_test``, the heatmaps of the
+        mirrored inputs, mirrored back, are averaged in. Call with the model in eval mode.
+        """
+        images = images.to(self.device)
+        with forward:
+            heatmaps = self.model(images).float()
+            if self.config["model"]["flip_test"]:
+                mirrored = self.model(images.flip(-1)).float().flip(-1)
+                heatmaps = (heatmaps + mirrored[:, flip_order(self.layout.num_keypoints, self.layout.flip_pairs)]) / 2
+        coords, scores = decode_heatmaps(heatmaps.cpu())
+        return heatmap_to_image(coords, center, scale, tuple(self.config["codec"]["heatmap_size"])), scores
+
     def score(self, forward: Any = contextlib.nullcontext()) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """Predict on the validation data: the metrics, and the COCO results list (empty for PCK)."""
         self.model.eval()
         batches = []
-        heatmap_size = tuple(self.config["codec"]["heatmap_size"])
         for batch in self.val_loader:
-            with forward:
-                heatmaps = self.model(batch["img"].to(self.device))
-            coords, scores = decode_heatmaps(heatmaps.float().cpu())
-            batches.append({**batch, "pred": heatmap_to_image(coords, batch["center"], batch["scale"], heatmap_size),
-                            "pred_score": scores})
+            pred, pred_score = self.predict(batch["img"], batch["center"], batch["scale"], forward)
+            batches.append({**batch, "pred": pred, "pred_score": pred_score})
         self.model.train()
         evaluator = self.config["val_evaluator"]
         val = {key: torch.cat([b[key] for b in batches]) for key in batches[0] if key != "img"}
@@ -334,15 +348,14 @@ class Run:
         from posecore.pose.coco_eval import coco_keypoint_ap
 
         results = self._coco_results(val, evaluator)
-        sigmas = self.val_loader.dataset.source.keypoint_info.sigmas
-        return coco_keypoint_ap(self.config["val_dataloader"]["dataset"]["ann_file"], results, sigmas), results
+        ann_file = self.config["val_dataloader"]["dataset"]["ann_file"]
+        return coco_keypoint_ap(ann_file, results, self.layout.sigmas), results
 
     def _coco_results(self, val: dict[str, torch.Tensor], evaluator: dict[str, Any]) -> list[dict[str, Any]]:
         """The predictions as COCO results: rescored, then OKS-NMS within each image."""
         from posecore.pose.coco_eval import rescore, to_results
 
-        source = self.val_loader.dataset.source
-        sigmas = source.keypoint_info.sigmas
+        sigmas = self.layout.sigmas
         instances = [{"image_id": int(image_id), "keypoints": torch.cat([pred, score[:, None]], 1).numpy(),
                       "score": rescore(score.numpy(), float(box_score), evaluator["keypoint_score_thr"]),
                       "area": float(scale[0] * scale[1])}

@@ -8,7 +8,14 @@ COCO_KEYPOINTS = Section({
     "ann_file": Key(str, None, "COCO person-keypoints annotation JSON (required); relative paths are from the "
                                "current directory."),
     "img_dir": Key(str, None, "Folder holding the images named by `file_name` (required)."),
-    "keypoints": Key(str, "coco17", "Keypoint layout of the file.", choices=("coco17", "crowdpose14")),
+    "keypoints": Key(str, "coco17", "Built-in keypoint layout of the file (names, flip pairs, skeleton, OKS "
+                                    "sigmas); the four keys below replace its parts.",
+                     choices=("coco17", "crowdpose14")),
+    "keypoint_names": Key(list, None, "Keypoint names in the file's order (a layout of your own: set the next "
+                                      "three keys too).", item=str),
+    "flip_pairs": Key(list, None, "0-based [left, right] index pairs that a horizontal flip swaps.", item=list),
+    "skeleton": Key(list, None, "0-based [a, b] index pairs linked when drawing poses.", item=list),
+    "sigmas": Key(list, None, "OKS sigma of each keypoint (COCO keypoint AP).", item=float, min=0),
     "det_file": Key(str, None, "Detected person boxes (COCO results JSON) to use instead of the annotations' boxes."),
     "det_score_thr": Key(float, 0.0, "Ignore detections scoring below this.", min=0, max=1),
 }, "COCO-format keypoint annotations and images (COCO, OCHuman, CrowdPose, your own data).")
@@ -60,6 +67,8 @@ CORE_SCHEMA = {
         "deconv_channels": Key(list, None, "Channels of each deconvolution layer of the head (overrides the "
                                            "preset).", item=int, min=1),
         "dropout": Key(float, 0.0, "Dropout before the head's final convolution.", min=0.0, max=0.99),
+        "flip_test": Key(bool, False, "At validation, `posecore test` and `posecore predict`, also predict on the "
+                                      "mirrored input and average the heatmaps (slower, usually more accurate)."),
         "init_weights": Key(str, None, "Pretrained weights (a checkpoint or a state_dict file) to start from; "
                                        "not re-applied when a run is resumed (its checkpoint already has them)."),
     }, "Top-down heatmap model: ResNet-style backbone and deconvolution head."),

@@ -26,35 +26,6 @@ class DataError(InputError):
     """A dataset file is missing, unreadable or malformed. Exit code 2."""
 
 
-CROWDPOSE14 = KeypointInfo(
-    names=(
-        "left_shoulder",
-        "right_shoulder",
-        "left_elbow",
-        "right_elbow",
-        "left_wrist",
-        "right_wrist",
-        "left_hip",
-        "right_hip",
-        "left_knee",
-        "right_knee",
-        "left_ankle",
-        "right_ankle",
-        "head",
-        "neck",
-    ),
-    flip_pairs=((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11)),
-    skeleton=(
-        (12, 13), (13, 0), (13, 1), (0, 2), (2, 4), (1, 3), (3, 5), (0, 6), (1, 7), (6, 7),
-        (6, 8), (8, 10), (7, 9), (9, 11),
-    ),
-    sigmas=tuple(
-        s / 10.0 for s in (0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89, 0.79, 0.79)
-    ),
-)
-"""The 14 CrowdPose keypoints (12 limb joints, then head and neck) with their OKS sigmas."""
-
-
 def _read_json(path: Path, what: str) -> Any:
     """Parse ``path``; a missing, unreadable or invalid file raises DataError."""
     if not path.is_file():
@@ -262,15 +233,26 @@ class CocoKeypoints:
         where = f"image {path} (image id {image_id}, from {self.ann_file.name})"
         if not path.is_file():
             raise DataError(f"{where}: not found; check img_dir and the 'file_name' in the annotation file")
-        try:
-            with Image.open(path) as image:
-                array = np.array(image.convert("RGB"), dtype=np.uint8)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise DataError(f"{where}: cannot be decoded ({reason}); replace the file with a valid image") from None
+        array = read_image(path, where)
         if width is not None and height is not None and array.shape[:2] != (height, width):
             raise DataError(
                 f"{where}: is {array.shape[1]}x{array.shape[0]} but the annotation file says {width}x{height}; "
                 f"the image does not match its annotations"
             )
         return array
+
+
+def read_image(path: PathLike, where: str | None = None) -> np.ndarray:
+    """Decode an image file to uint8 RGB (H, W, 3); a missing or undecodable file raises DataError.
+
+    ``where`` names the image in the message (default: ``image PATH``).
+    """
+    where = where or f"image {path}"
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{where}: not found; check the path") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"{where}: cannot be decoded ({reason}); replace the file with a valid image") from None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -18,9 +19,10 @@ class KeypointInfo:
         count = len(self.names)
         if len(self.sigmas) != count:
             raise ValueError(f"{count} keypoint names but {len(self.sigmas)} sigmas")
-        for a, b in self.flip_pairs + self.skeleton:
-            if not (0 <= a < count and 0 <= b < count):
-                raise ValueError(f"keypoint pair ({a}, {b}) out of range for {count} keypoints")
+        for name, pairs in (("flip_pairs", self.flip_pairs), ("skeleton", self.skeleton)):
+            for a, b in pairs:
+                if not (0 <= a < count and 0 <= b < count):
+                    raise ValueError(f"{name} pair ({a}, {b}) is out of range for {count} keypoints")
 
     @property
     def num_keypoints(self) -> int:
@@ -58,3 +60,64 @@ COCO17 = KeypointInfo(
     ),
 )
 """The 17 COCO person keypoints with the official skeleton links and OKS sigmas."""
+
+CROWDPOSE14 = KeypointInfo(
+    names=(
+        "left_shoulder",
+        "right_shoulder",
+        "left_elbow",
+        "right_elbow",
+        "left_wrist",
+        "right_wrist",
+        "left_hip",
+        "right_hip",
+        "left_knee",
+        "right_knee",
+        "left_ankle",
+        "right_ankle",
+        "head",
+        "neck",
+    ),
+    flip_pairs=((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11)),
+    skeleton=(
+        (12, 13), (13, 0), (13, 1), (0, 2), (2, 4), (1, 3), (3, 5), (0, 6), (1, 7), (6, 7),
+        (6, 8), (8, 10), (7, 9), (9, 11),
+    ),
+    sigmas=tuple(
+        s / 10.0 for s in (0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89, 0.79, 0.79)
+    ),
+)
+"""The 14 CrowdPose keypoints (12 limb joints, then head and neck) with their OKS sigmas."""
+
+LAYOUTS = {"coco17": COCO17, "crowdpose14": CROWDPOSE14}
+"""The built-in layouts by their config name (``keypoints = "coco17"``)."""
+
+_CONFIG_FIELDS = (("keypoint_names", "names"), ("flip_pairs", "flip_pairs"), ("skeleton", "skeleton"),
+                  ("sigmas", "sigmas"))
+
+
+def keypoint_layout(dataset: dict[str, Any]) -> KeypointInfo:
+    """The layout a validated ``*_dataloader.dataset`` table describes.
+
+    Synthetic data is COCO-17. A COCO-format dataset starts from its built-in ``keypoints`` layout, and
+    each of ``keypoint_names``, ``flip_pairs``, ``skeleton`` and ``sigmas`` that is set replaces that
+    part, so a layout of your own is those four keys. Raises ValueError naming the key at fault.
+    """
+    if dataset["type"] != "CocoKeypoints":
+        return COCO17
+    parts: dict[str, Any] = {}
+    for key, field in _CONFIG_FIELDS:
+        if key not in dataset:
+            continue
+        value = dataset[key]
+        if key in ("flip_pairs", "skeleton"):
+            if not all(len(pair) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in pair)
+                       for pair in value):
+                raise ValueError(f"{key} must be a list of [index, index] pairs, e.g. [[1, 2], [3, 4]]")
+            value = [tuple(pair) for pair in value]
+        parts[field] = tuple(value)
+    try:
+        return replace(LAYOUTS[dataset["keypoints"]], **parts)
+    except ValueError as err:
+        raise ValueError(f"{err}; a layout of your own sets keypoint_names, sigmas, flip_pairs and skeleton "
+                         f"together") from None

@@ -172,7 +172,7 @@ class TopDownTransform:
         if flip:
             image_matrix = _mirror_output(image_matrix, input_width)
             heatmap_matrix = _mirror_output(heatmap_matrix, self.heatmap_size[0])
-            order = _flip_order(len(keypoints), self.flip_pairs)
+            order = flip_order(len(keypoints), self.flip_pairs)
             target_keypoints, target_visible = keypoints[order], visible[order]
         image = warp_affine(record["image"], image_matrix, self.input_size)
         heatmaps, weights = gaussian_heatmaps(
@@ -209,7 +209,7 @@ def _mirror_output(matrix: np.ndarray, width: int) -> np.ndarray:
     return mirrored
 
 
-def _flip_order(count: int, flip_pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+def flip_order(count: int, flip_pairs: Sequence[tuple[int, int]]) -> np.ndarray:
     """Index array that swaps each left keypoint with its right partner."""
     order = np.arange(count)
     for left, right in flip_pairs:
