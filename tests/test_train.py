@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from helpers import REPO, make_plugin_dist, posecore
+from posecore.testing import run_training
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,7 +51,8 @@ def test_tiny_run_writes_the_documented_files(tiny_config, tmp_path):
     assert dumped["checkpoint"]["max_keep"] == 1 and dumped["work_dir"] == str(work_dir)
 
     state = torch.load(work_dir / "iter_4.pth", weights_only=True)
-    assert state["loop"] == {"iteration": 4, "epoch": 0, "epoch_batch": 4, "optimizer_steps": 4, "max_iters": 4}
+    assert state["loop"] == {"iteration": 4, "epoch": 0, "epoch_batch": 4, "global_batch": 4, "optimizer_steps": 4,
+                             "max_iters": 4}
     assert set(state["model"]) == set(state["model"].keys()) and "final.weight" in state["model"]
     assert state["meta"]["posecore"] == "0.1.0" and state["meta"]["plugins"] == {"core": "0.1.0"}
     assert tomllib.loads(state["config"])["train"]["max_iters"] == 4
@@ -163,3 +165,12 @@ def test_terminal_gets_a_refreshing_progress_line(tiny_config, tmp_path):
     text = output.decode()
     assert "\r\033[K[" in text and "it/s  ETA" in text  # the status line, redrawn in place
     assert "Iter(train) [4/4]" in text  # log lines still reach the terminal
+
+
+def test_auto_scale_lr_follows_the_total_batch(tmp_path):
+    plain = run_training(tmp_path / "plain").run
+    scaled = run_training(tmp_path / "scaled", cfg_options=["auto_scale_lr.enable=true",
+                                                            "auto_scale_lr.base_batch_size=16"]).run
+    base = plain.config["optim"]["lr"]
+    assert plain.optimizer.param_groups[0]["initial_lr"] == base
+    assert scaled.optimizer.param_groups[0]["initial_lr"] == pytest.approx(base * 4 / 16)  # batch 4, 1 process

@@ -88,8 +88,8 @@ def train(config: Path, plugins: tuple[str, ...], cfg_options: tuple[str, ...], 
     except Exception as err:
         where = plugin_set.blame(err)
         log = run.run_dir / f"{run.run_dir.name}.log"
-        raise PosecoreError(f"{where + ': ' if where else ''}{type(err).__name__}: {err} "
-                            f"(traceback in {log})") from err
+        details = f"traceback in {log}" if run.rank == 0 else f"rank {run.rank}; POSECORE_DEBUG=1 shows the traceback"
+        raise PosecoreError(f"{where + ': ' if where else ''}{type(err).__name__}: {err} ({details})") from err
 
 
 @cli.command(epilog=EXAMPLES)

@@ -39,34 +39,56 @@ class KeyedDataset(Dataset):
         record = self.source.load(index)
         sample = self.transform(record, rng)
         sample.update({key: record[key] for key in ("image_id", "score") if key in record})  # for COCO results
+        sample["index"] = index  # to put the validation shards of several processes back in order
         return sample
 
 
 class EpochSampler(Sampler):
-    """Yields ``(epoch, index)`` keys for one epoch, starting ``start`` samples into it.
+    """Yields this rank's ``(epoch, index)`` keys for one epoch, starting ``start`` samples into it.
 
-    The order is a permutation drawn from (seed, epoch) (or 0..N-1 without shuffling); only whole
-    batches are yielded, so every epoch has ``len(self) // batch_size`` batches.
+    The order is a permutation drawn from (seed, epoch) (or 0..N-1 without shuffling), the same on every
+    rank. It is cut into total batches of ``batch_size x world_size``; rank r takes the r-th slice of
+    each, so a job of W processes sees exactly the batches one process would with a W times larger
+    batch. Only whole total batches are used: every epoch has ``usable // global_batch`` of them.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool) -> None:
+    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool, rank: int = 0,
+                 world_size: int = 1) -> None:
         self.size = size
-        self.usable = size // batch_size * batch_size
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.global_batch = batch_size * world_size
+        self.usable = size // self.global_batch * self.global_batch
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
         self.start = 0
 
     def set_position(self, epoch: int, start: int) -> None:
+        """Begin at sample ``start`` (a multiple of ``global_batch``) of ``epoch``."""
         self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return self.usable - self.start
+        return (self.usable - self.start) // self.world_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = mixed_rng(self.seed, self.epoch).permutation(self.size) if self.shuffle else np.arange(self.size)
+        mine = order[self.start:self.usable].reshape(-1, self.world_size, self.batch_size)[:, self.rank]
         epoch = self.epoch
-        return ((epoch, int(i)) for i in order[self.start:self.usable])
+        return ((epoch, int(i)) for i in mine.ravel())
+
+
+class ShardSampler(Sampler):
+    """Validation: every sample once, rank r taking indices r, r + W, r + 2W, ..."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = range(rank, size, world_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((0, i) for i in self.indices)
 
 
 def build_source(dataset: dict[str, Any], train: bool) -> Any:
@@ -90,16 +112,22 @@ def build_transform(config: dict[str, Any], flip_pairs: Any, train: bool) -> Top
         rotate_prob=augment["rotate_prob"], padding=augment["padding"])
 
 
-def build_loader(config: dict[str, Any], section: str, seed: int, device: torch.device) -> DataLoader:
-    """A DataLoader over ``config[section]`` whose sampler is an :class:`EpochSampler`."""
+def build_loader(config: dict[str, Any], section: str, seed: int, device: torch.device, rank: int = 0,
+                 world_size: int = 1) -> DataLoader:
+    """A DataLoader over ``config[section]``: this rank's share, from an :class:`EpochSampler` (training)
+    or a :class:`ShardSampler` (validation)."""
     options = config[section]
     train = section == "train_dataloader"
     source = build_source(options["dataset"], train)
     dataset = KeyedDataset(source, build_transform(config, source.keypoint_info.flip_pairs, train), seed)
     batch_size = options["batch_size"]
-    if train and len(dataset) < batch_size:
-        raise ConfigError(f"{section}.dataset has {len(dataset)} samples, fewer than batch_size {batch_size}")
-    sampler = EpochSampler(len(dataset), batch_size if train else 1, seed, shuffle=train)
+    if train and len(dataset) < batch_size * world_size:
+        raise ConfigError(f"{section}.dataset has {len(dataset)} samples, fewer than batch_size {batch_size} x "
+                          f"{world_size} process(es)")
+    if not train and len(dataset) < world_size:
+        raise ConfigError(f"{section}.dataset has {len(dataset)} samples, fewer than the {world_size} processes")
+    sampler = (EpochSampler(len(dataset), batch_size, seed, shuffle=True, rank=rank, world_size=world_size) if train
+               else ShardSampler(len(dataset), rank, world_size))
     workers = options["num_workers"]
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       persistent_workers=workers > 0 and options["persistent_workers"],

@@ -21,13 +21,23 @@ class _Console(logging.StreamHandler):
         super().emit(record)
 
 
-def setup_logger(log: logging.Logger, path: Path) -> list[logging.Handler]:
-    """Send ``log`` to ``path`` and to stderr; return the handlers so the run can remove them."""
+def setup_logger(log: logging.Logger, path: Path | None, rank: int = 0) -> list[logging.Handler]:
+    """Send ``log`` to ``path`` and to stderr; return the handlers so the run can remove them.
+
+    Ranks other than 0 of a distributed job (``path`` None) log warnings and errors only, to stderr.
+    """
     log.setLevel(logging.INFO)
     log.propagate = False
-    handlers: list[logging.Handler] = [logging.FileHandler(path, encoding="utf-8"), _Console(sys.stderr)]
+    console = _Console(sys.stderr)
+    handlers: list[logging.Handler] = [console]
+    fmt = _FORMAT
+    if path is None:
+        console.setLevel(logging.WARNING)
+        fmt = f"%(asctime)s - [rank {rank}] %(levelname)s - %(message)s"
+    else:
+        handlers.insert(0, logging.FileHandler(path, encoding="utf-8"))
     for handler in handlers:
-        handler.setFormatter(logging.Formatter(_FORMAT, "%Y/%m/%d %H:%M:%S"))
+        handler.setFormatter(logging.Formatter(fmt, "%Y/%m/%d %H:%M:%S"))
         log.addHandler(handler)
     return handlers
 

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import torch
 
-from posecore import __version__, checkpoint, rng
+from posecore import __version__, checkpoint, dist, rng
 from posecore.config import dumps
 from posecore.data import build_loader
 from posecore.errors import CheckpointError, ConfigError, PosecoreError, StopRun
@@ -38,6 +38,7 @@ def train(run: Run) -> None:
         hook.before_build(run=run)
         run.build()
         hook.before_train(run=run)
+        run.wrap_model()
         run.start_vis()
         batches = run.train_batches()
         forward = hook.forward_context(run=run) or contextlib.nullcontext()
@@ -47,12 +48,12 @@ def train(run: Run) -> None:
         log_every, val_every = run.config["train"]["log_interval"], run.config["train"]["val_interval"]
         save_every = run.config["checkpoint"]["interval"]
         run.timer.reset(time.perf_counter())
-        while run.iteration < run.max_iters and run.stopping is None:
+        while run.iteration < run.max_iters and not run.stop_agreed():
             if before_iter is not None:
                 before_iter(run=run)
             batch = run.timer.data(batches)
             with forward:
-                loss = heatmap_loss(run.model(batch["img"]), batch["heatmaps"], batch["weights"])
+                loss = heatmap_loss(run.train_model(batch["img"]), batch["heatmaps"], batch["weights"])
             run.apply_schedule()
             hook.backward_step(run=run, loss=loss)
             run.iteration += 1
@@ -108,7 +109,10 @@ class Run:
     Plugins read and set these attributes in their hooks; ``save()``, ``restore()`` and ``load_weights()`` write and read
     checkpoints. ``iteration`` counts finished iterations; ``epoch``/``epoch_batch`` give the data
     position; ``optimizer_steps`` is the learning-rate schedule's position (a skipped step does not
-    advance it); ``seed`` is the data seed (set by a seeding plugin in ``before_build``, else drawn).
+    advance it); ``seed`` is the data seed (set by a seeding plugin in ``before_build``, else drawn; the
+    same on every rank), and ``rank_seeds`` makes augmentation differ per rank (seed + rank).
+    Under torchrun ``rank``/``world_size`` say which process this is; ``model`` is the bare network and
+    ``train_model`` what the training step calls (DistributedDataParallel around it, or the model itself).
     """
 
     def __init__(self, config: dict[str, Any], plugins: PluginSet) -> None:
@@ -121,12 +125,15 @@ class Run:
         self.device = _pick_device(config["device"])
         self.layout = keypoint_layout(config["val_dataloader"]["dataset"])
         self.seed: int | None = None
+        self.rank_seeds = False
+        self.rank, self.world_size = 0, 1
         self.iteration = self.epoch = self.epoch_batch = self.optimizer_steps = 0
         self.max_iters = 0
         self.best: dict[str, Any] = {}
         self.last_checkpoint: Path | None = None
         self.resumed_from: Path | None = None
         self.model: torch.nn.Module | None = None
+        self.train_model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.train_loader = self.val_loader = None
         self.stopping: tuple[str, int] | None = None
@@ -139,20 +146,25 @@ class Run:
     # ----------------------------------------------------------------------------------- set-up
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
-        """Create the run folder, logging and signal handlers; call ``after_train`` and close backends at the end."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d_%H%M%S")
-        self.run_dir = self.work_dir / stamp
-        suffix = 1
-        while self.run_dir.exists():  # two runs started within one second
-            suffix += 1
-            self.run_dir = self.work_dir / f"{stamp}_{suffix}"
+        """Join the distributed job (under torchrun), create the run folder, logging and signal handlers;
+        call ``after_train``, close backends and leave the job at the end, also after an error."""
+        self.device = dist.setup(self.device, self.config["dist"]["timeout"])
+        self.rank, self.world_size = dist.rank(), dist.world_size()
+        try:
+            with self._logged():
+                yield
+        finally:
+            dist.teardown()
+
+    @contextlib.contextmanager
+    def _logged(self) -> Iterator[None]:
+        self.run_dir = dist.broadcast(self._new_run_dir() if self.rank == 0 else None)
         self.vis_dir = self.run_dir / "vis_data"
-        self.run_dir.mkdir()
-        handlers = setup_logger(self.log, self.run_dir / f"{self.run_dir.name}.log")
-        self.progress = Progress(sys.stderr) if sys.stderr.isatty() else None
-        self.log.info("posecore %s, torch %s, device %s, %s", __version__, torch.__version__, self.device,
-                      self.plugins.header())
+        main = self.rank == 0
+        handlers = setup_logger(self.log, self.run_dir / f"{self.run_dir.name}.log" if main else None, self.rank)
+        self.progress = Progress(sys.stderr) if main and sys.stderr.isatty() else None
+        self.log.info("posecore %s, torch %s, device %s%s, %s", __version__, torch.__version__, self.device,
+                      f", {self.world_size} processes" if self.world_size > 1 else "", self.plugins.header())
         self.log.info("work dir %s, run folder %s", self.work_dir, self.run_dir)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         error: BaseException | None = None
@@ -160,7 +172,7 @@ class Run:
             yield
         except BaseException as err:
             error = err
-            if not isinstance(err, (PosecoreError, KeyboardInterrupt)):
+            if main and not isinstance(err, (PosecoreError, KeyboardInterrupt)):
                 handlers[0].handle(self.log.makeRecord(self.log.name, logging.ERROR, __file__, 0, "run failed",
                                                        (), sys.exc_info()))
             raise
@@ -178,6 +190,16 @@ class Run:
                     self.log.removeHandler(handler)
                     handler.close()
 
+    def _new_run_dir(self) -> Path:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d_%H%M%S")
+        run_dir, suffix = self.work_dir / stamp, 1
+        while run_dir.exists():  # two runs started within one second
+            suffix += 1
+            run_dir = self.work_dir / f"{stamp}_{suffix}"
+        run_dir.mkdir()
+        return run_dir
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only set a flag: the loop saves and stops at the next iteration boundary. A second
         # Ctrl-C interrupts at once.
@@ -192,12 +214,13 @@ class Run:
     def build(self) -> None:
         """Build model, optimizer and loaders (after plugins' ``before_build`` seeded the generators)."""
         if self.seed is None:
-            self.seed = secrets.randbits(31)
-        self.train_loader = build_loader(self.config, "train_dataloader", self.seed, self.device)
-        self.val_loader = build_loader(self.config, "val_dataloader", self.seed, self.device)
+            self.seed = dist.broadcast(secrets.randbits(31))
+        self.train_loader, self.val_loader = (
+            build_loader(self.config, section, self.seed, self.device, self.rank, self.world_size)
+            for section in ("train_dataloader", "val_dataloader"))
         self.build_model()
-        self.optimizer = _build_optimizer(self.config["optim"], self.model)
-        per_epoch = self.train_loader.sampler.usable // self.train_loader.batch_size
+        self.optimizer = _build_optimizer(self.config["optim"], self.model, self._lr_scale())
+        per_epoch = self.train_loader.sampler.usable // self.train_loader.sampler.global_batch
         train_cfg = self.config["train"]
         self.max_iters = train_cfg.get("max_iters") or train_cfg["max_epochs"] * per_epoch
 
@@ -208,7 +231,9 @@ class Run:
                                  stage_channels=model_cfg.get("stage_channels"),
                                  stage_blocks=model_cfg.get("stage_blocks"),
                                  deconv_channels=model_cfg.get("deconv_channels"),
-                                 dropout=model_cfg["dropout"]).to(self.device)
+                                 dropout=model_cfg["dropout"],
+                                 norm="group" if model_cfg["norm"] == "group" else "batch").to(self.device)
+        self.train_model = self.model
         self.model.eval()  # a shape probe: no BatchNorm statistics, no dropout draws
         with torch.no_grad():
             out = self.model(torch.zeros(1, 3, codec["input_size"][1], codec["input_size"][0], device=self.device))
@@ -218,12 +243,37 @@ class Run:
                               f"[{out.shape[-1]}, {out.shape[-2]}] for codec.input_size {codec['input_size']}; "
                               f"set codec.heatmap_size = [{out.shape[-1]}, {out.shape[-2]}]")
 
+    def _lr_scale(self) -> float:
+        """``auto_scale_lr``: the learning rate times (batch_size x processes) / base_batch_size, as MMPose does."""
+        options = self.config["auto_scale_lr"]
+        if not options["enable"]:
+            return 1.0
+        factor = self.train_loader.sampler.global_batch / options["base_batch_size"]
+        self.log.info("auto_scale_lr: total batch %d, base %d: learning rate x %.4g",
+                      self.train_loader.sampler.global_batch, options["base_batch_size"], factor)
+        return factor
+
+    def wrap_model(self) -> None:
+        """Under torchrun: DistributedDataParallel around the model as loaded or resumed (and SyncBatchNorm
+        for ``model.norm = "sync_batch"``); a single process trains the model itself."""
+        if self.world_size == 1:
+            return
+        if self.config["model"]["norm"] == "sync_batch":
+            if self.device.type != "cuda":
+                raise ConfigError('model.norm = "sync_batch" needs CUDA; use "batch" or "group" on CPU')
+            # The converted layers take over the same parameter tensors, so the optimizer still holds them.
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.train_model = torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
     def start_vis(self) -> None:
         """Open the vis backends and dump the config as this run uses it (drawn or resumed seed included).
 
         A resumed run continues the ``vis_data`` of the run it resumes, from the checkpoint's step on, so
         its scalars form one series with no repeated steps.
         """
+        if self.rank != 0:
+            return
         self.vis_dir.mkdir(parents=True, exist_ok=True)
         after = self.iteration if self.resumed_from is not None else None
         self.backends = [self.plugins.backends[entry["type"]](self.vis_dir, resume_step=after, **_options(entry))
@@ -236,10 +286,10 @@ class Run:
     def train_batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """Batches from the current position (epoch, batch in epoch) onwards, moved to the device."""
         loader = self.train_loader
-        loader.sampler.seed = loader.dataset.seed = self.seed
-        batch_size = loader.batch_size
+        loader.sampler.seed = self.seed
+        loader.dataset.seed = self.seed + self.rank if self.rank_seeds else self.seed
         while True:
-            loader.sampler.set_position(self.epoch, self.epoch_batch * batch_size)
+            loader.sampler.set_position(self.epoch, self.epoch_batch * loader.sampler.global_batch)
             loader.dataset.epoch = self.epoch
             for batch in loader:
                 self.epoch_batch += 1
@@ -260,6 +310,16 @@ class Run:
         if max_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
 
+    def stop_agreed(self) -> bool:
+        """Whether the loop stops now. Under torchrun the ranks decide together (a signal or a plugin's
+        request may reach one rank an iteration before another); a single process just reads ``stopping``."""
+        if self.world_size == 1:
+            return self.stopping is not None
+        code = dist.max_int(-1 if self.stopping is None else self.stopping[1])
+        if code >= 0 and self.stopping is None:
+            self.stopping = ("stopped together with another rank", code)
+        return code >= 0
+
     def stop(self) -> None:
         """Act on ``stopping``: save (unless this iteration is saved), then end; a signal's stop raises StopRun."""
         reason, exit_code = self.stopping
@@ -275,7 +335,7 @@ class Run:
         now = time.perf_counter()
         interval = self.config["train"]["log_interval"]
         steps = interval if self.iteration % interval == 0 else self.iteration % interval
-        value = loss.item()
+        value = dist.mean(loss.item())
         if not math.isfinite(value):
             self.require_finite_weights(f"loss is {value}")
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -341,8 +401,20 @@ class Run:
             pred, pred_score = self.predict(batch["img"], batch["center"], batch["scale"], forward)
             batches.append({**batch, "pred": pred, "pred_score": pred_score})
         self.model.train()
-        evaluator = self.config["val_evaluator"]
         val = {key: torch.cat([b[key] for b in batches]) for key in batches[0] if key != "img"}
+        if self.world_size == 1:
+            return self._metrics(val)
+        # Each rank predicted a share of the validation set: put the whole set together on rank 0.
+        parts = dist.gather(val)
+        if self.rank != 0:
+            return dist.broadcast(None), []
+        val = {key: torch.cat([part[key] for part in parts]) for key in val}
+        order = torch.argsort(val["index"])
+        metrics, results = self._metrics({key: value[order] for key, value in val.items()})
+        return dist.broadcast(metrics), results
+
+    def _metrics(self, val: dict[str, torch.Tensor]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        evaluator = self.config["val_evaluator"]
         if evaluator["type"] != "CocoMetric":
             return {"PCK": pck(val["pred"], val["keypoints"], val["visible"], val["box"][:, 2:], evaluator["thr"])}, []
         from posecore.pose.coco_eval import coco_keypoint_ap
@@ -377,21 +449,25 @@ class Run:
         old = self.best.get("file")
         path = self.work_dir / f"best_{name}_iter_{self.iteration}.pth"
         self.best = {"metric": name, "value": value, "iteration": self.iteration, "file": path.name}
-        checkpoint.save(path, self.state())
-        if old and old != path.name:
-            checkpoint.remove(self.work_dir / old)
-        self.log.info("best %s %.4f at iteration %d: %s", name, value, self.iteration, path)
+        state = self.state()
+        if self.rank == 0:
+            checkpoint.save(path, state)
+            if old and old != path.name:
+                checkpoint.remove(self.work_dir / old)
+            self.log.info("best %s %.4f at iteration %d: %s", name, value, self.iteration, path)
+        dist.barrier()  # no rank goes on (or reads it) before the file is complete
 
     # ----------------------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
-        """The checkpoint contents: tensors and plain values only."""
+        """The checkpoint contents: tensors and plain values only (under torchrun every rank must call it)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "loop": {"iteration": self.iteration, "epoch": self.epoch, "epoch_batch": self.epoch_batch,
+                     "global_batch": self.train_loader.sampler.global_batch,
                      "optimizer_steps": self.optimizer_steps, "max_iters": self.max_iters},
             "seed": self.seed,
-            "rng": rng.capture(),
+            "rng": dist.gather(rng.capture()),  # one entry per rank
             "vis_dir": str(self.vis_dir.resolve()),
             "best": dict(self.best),
             "config": dumps(self.config),
@@ -412,11 +488,14 @@ class Run:
         """Write ``iter_<N>.pth`` atomically (never with inf/NaN weights), move the pointers, prune old ones."""
         self.require_finite_weights("about to save a checkpoint")
         path = self.work_dir / f"iter_{self.iteration}.pth"
-        checkpoint.save(path, self.state())
-        checkpoint.update_pointers(self.work_dir, path)
-        checkpoint.prune(self.work_dir, self.config["checkpoint"]["max_keep"])
+        state = self.state()
+        if self.rank == 0:
+            checkpoint.save(path, state)
+            checkpoint.update_pointers(self.work_dir, path)
+            checkpoint.prune(self.work_dir, self.config["checkpoint"]["max_keep"])
+            self.log.info("saved checkpoint %s", path)
+        dist.barrier()  # no rank goes on (or reads it) before the file is complete
         self.last_checkpoint = path
-        self.log.info("saved checkpoint %s", path)
         return path
 
     def load_weights(self, path: str | Path) -> None:
@@ -439,8 +518,11 @@ class Run:
             raise CheckpointError(f"{path}: its optimizer state does not fit this run's optimizer ({err}); "
                                   f"check [optim] against the run that saved it") from None
         loop = state["loop"]
-        self.iteration, self.epoch = loop["iteration"], loop["epoch"]
-        self.epoch_batch, self.optimizer_steps = loop["epoch_batch"], loop["optimizer_steps"]
+        self.iteration, self.epoch, self.optimizer_steps = loop["iteration"], loop["epoch"], loop["optimizer_steps"]
+        # The position is kept in samples, so a job resumed with another number of processes goes on
+        # from the same place in the epoch (to within one total batch).
+        global_batch = self.train_loader.sampler.global_batch
+        self.epoch_batch = loop["epoch_batch"] * loop.get("global_batch", global_batch) // global_batch
         self.seed, self.best = state["seed"], dict(state["best"])
         saved = state.get("plugins", {})
         for name in saved:
@@ -451,7 +533,17 @@ class Run:
                            (sorted(stateful - set(saved)), "have no state in the checkpoint; they start fresh")):
             if names:
                 self.log.info("resume: plugins %s %s", ", ".join(names), how)
-        rng.restore(state["rng"])  # last, so that nothing above draws from the restored streams
+        # Last, so that nothing above draws from the restored streams. Ranks beyond those that saved (a job
+        # resumed with more processes) start new streams from (seed, rank, iteration).
+        states = state["rng"]
+        if self.rank < len(states):
+            rng.restore(states[self.rank])
+        else:
+            rng.seed_globals(self.seed, self.rank, self.iteration)
+        if len(states) != self.world_size:
+            self.log.warning("resume: %s was saved by %d process(es), this job has %d: the data position and "
+                             "schedule continue, the run is not bitwise the uninterrupted one", path, len(states),
+                             self.world_size)
         self.last_checkpoint = self.resumed_from = Path(path)
         self.log.info("resumed from %s at iteration %d", path, self.iteration)
         if state.get("vis_dir") and Path(state["vis_dir"]).is_dir():
@@ -478,13 +570,12 @@ def lr_factor(schedule: dict[str, Any], step: int, total: int) -> float:
     return 1.0
 
 
-def _build_optimizer(options: dict[str, Any], model: torch.nn.Module) -> torch.optim.Optimizer:
-    params, kind = model.parameters(), options["type"]
+def _build_optimizer(options: dict[str, Any], model: torch.nn.Module, lr_scale: float) -> torch.optim.Optimizer:
+    params, kind, lr = model.parameters(), options["type"], options["lr"] * lr_scale
     if kind == "SGD":
-        optimizer = torch.optim.SGD(params, lr=options["lr"], momentum=options["momentum"],
-                                    weight_decay=options["weight_decay"])
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=options["momentum"], weight_decay=options["weight_decay"])
     else:
-        optimizer = getattr(torch.optim, kind)(params, lr=options["lr"], weight_decay=options["weight_decay"])
+        optimizer = getattr(torch.optim, kind)(params, lr=lr, weight_decay=options["weight_decay"])
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]
     return optimizer

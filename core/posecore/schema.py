@@ -67,6 +67,10 @@ CORE_SCHEMA = {
         "deconv_channels": Key(list, None, "Channels of each deconvolution layer of the head (overrides the "
                                            "preset).", item=int, min=1),
         "dropout": Key(float, 0.0, "Dropout before the head's final convolution.", min=0.0, max=0.99),
+        "norm": Key(str, "batch", "Normalisation layers: `batch` (BatchNorm, statistics per process), "
+                                  "`sync_batch` (SyncBatchNorm: statistics over all processes under torchrun; "
+                                  "CUDA only) or `group` (GroupNorm: per sample, independent of the batch split).",
+                    choices=("batch", "sync_batch", "group")),
         "flip_test": Key(bool, False, "At validation, `posecore test` and `posecore predict`, also predict on the "
                                       "mirrored input and average the heatmaps (slower, usually more accurate)."),
         "init_weights": Key(str, None, "Pretrained weights (a checkpoint or a state_dict file) to start from; "
@@ -109,6 +113,14 @@ CORE_SCHEMA = {
                           min=0),
         "gamma": Key(float, 0.1, "Step: multiplicative factor at each milestone.", min=0),
     }, "Learning-rate schedule, a function of the number of optimizer steps taken."),
+    "auto_scale_lr": Section({
+        "enable": Key(bool, False, "Scale `optim.lr` by (batch_size x processes) / base_batch_size, as MMPose does."),
+        "base_batch_size": Key(int, 512, "The total batch size `optim.lr` was tuned for.", min=1),
+    }, "Learning rate that follows the total batch size (batch_size is per process)."),
+    "dist": Section({
+        "timeout": Key(float, 600.0, "Seconds a collective waits for the other processes under torchrun before "
+                                     "the job fails (a rank that died or hangs).", min=1),
+    }, "Distributed training under torchrun (nccl on CUDA, gloo on CPU)."),
     "train": Section({
         "max_iters": Key(int, None, "Training length in iterations (set this or `max_epochs`).", min=1),
         "max_epochs": Key(int, None, "Training length in epochs of the training set (set this or `max_iters`).",

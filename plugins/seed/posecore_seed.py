@@ -1,7 +1,8 @@
 """posecore-seed: seed every random generator before anything is built.
 
-``[randomness]`` keys: ``seed`` (drawn, logged and recorded when unset), ``diff_rank_seed``
-(seed + rank on each distributed rank), ``deterministic`` (deterministic cuDNN and algorithms).
+``[randomness]`` keys: ``seed`` (drawn on rank 0, logged and recorded when unset), ``diff_rank_seed``
+(augmentation and global generators use seed + rank on each torchrun rank; the data order is shared),
+``deterministic`` (deterministic cuDNN and algorithms).
 The seed becomes the run's data seed (sampler order and augmentation are functions of seed, epoch and
 index); the core saves every global generator's state in checkpoints and restores it on resume.
 """
@@ -24,7 +25,8 @@ def config_schema() -> dict[str, Any]:
     return {"randomness": Section({
         "seed": Key(int, None, "Seed of every generator and of the data order/augmentation (unset: drawn, "
                                "logged and stored in checkpoints).", min=0, max=2**63 - 1),
-        "diff_rank_seed": Key(bool, False, "Use seed + rank on each distributed rank."),
+        "diff_rank_seed": Key(bool, False, "Under torchrun: augmentation and dropout use seed + rank on each "
+                                           "rank (false: the same seed everywhere); the data order is shared."),
         "deterministic": Key(bool, False, "Deterministic cuDNN (benchmark off) and "
                                           "torch.use_deterministic_algorithms(True); sets CUBLAS_WORKSPACE_CONFIG."),
     }, "Seeding (posecore-seed).")}
@@ -34,17 +36,21 @@ def config_schema() -> dict[str, Any]:
 def before_build(run: Any) -> None:
     import torch
 
+    from posecore import dist
+
     options = run.config.get("randomness", {})
     seed = options.get("seed")
     if seed is None:
-        seed = secrets.randbits(31)
+        seed = dist.broadcast(secrets.randbits(31))  # rank 0's draw: one seed for the whole job
         run.log.info("randomness.seed not set: drew seed %d", seed)
-    if options.get("diff_rank_seed"):
-        seed += int(os.environ.get("RANK", 0))  # torchrun's rank; 0 in a single process
     options["seed"] = run.seed = seed
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
+    # The sampler's order always uses the shared seed (the ranks split one order); with diff_rank_seed
+    # augmentation and the global generators (dropout) use seed + rank.
+    run.rank_seeds = bool(options.get("diff_rank_seed"))
+    own = seed + run.rank if run.rank_seeds else seed
+    random.seed(own)
+    np.random.seed(own % 2**32)
+    torch.manual_seed(own)  # also seeds every CUDA device
     if options.get("deterministic"):
         # Put back at the end, so later runs in the same process (tests, notebooks) are unaffected.
         run.plugin_data["seed"] = (os.environ.get("CUBLAS_WORKSPACE_CONFIG"), torch.backends.cudnn.deterministic,

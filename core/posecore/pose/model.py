@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -132,19 +133,35 @@ def build_model(
     stage_blocks: list[int] | None = None,
     deconv_channels: list[int] | None = None,
     dropout: float = 0.0,
+    norm: str = "batch",
 ) -> TopDownHeatmapNet:
     """A TopDownHeatmapNet from a preset, with any given list overriding the preset's.
 
     "small" is the fast CPU default: a 3-stage ResNet-18-like backbone of widths 32-64-128 and two 64-channel
     deconvolutions, output stride 2 (a 48x64 input gives 24x32 heatmaps). "resnet50" is ResNet-50 with
     the SimpleBaseline head of three 256-channel deconvolutions, output stride 4, randomly initialised.
+    ``norm="group"`` puts GroupNorm (up to 32 groups) where BatchNorm would be: statistics per sample, so
+    results do not depend on how a batch is split across processes.
     """
     if preset not in _PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(_PRESETS)}")
     settings = dict(_PRESETS[preset])
     overrides = {"stage_channels": stage_channels, "stage_blocks": stage_blocks, "deconv_channels": deconv_channels}
     settings.update({name: value for name, value in overrides.items() if value is not None})
-    return TopDownHeatmapNet(num_keypoints=num_keypoints, dropout=dropout, **settings)
+    model = TopDownHeatmapNet(num_keypoints=num_keypoints, dropout=dropout, **settings)
+    if norm == "group":
+        _to_group_norm(model)
+    elif norm != "batch":
+        raise ValueError(f"unknown norm {norm!r}; choose batch or group")
+    return model
+
+
+def _to_group_norm(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, nn.GroupNorm(math.gcd(32, child.num_features), child.num_features))
+        else:
+            _to_group_norm(child)
 
 
 def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
