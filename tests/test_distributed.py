@@ -132,18 +132,39 @@ def test_a_failing_rank_brings_the_job_down_with_its_error(tmp_path, probe):
     assert not (tmp_path / "wd" / "iter_20.pth").exists()
 
 
-def _kill_job(proc, work_dir: Path, iteration: int, total: int) -> None:
-    """SIGKILL torchrun and its workers (each in its own session) once iteration ``iteration`` is logged."""
+def _wait_for(work_dir: Path, iteration: int, total: int) -> None:
+    """Until rank 0's log shows iteration ``iteration`` of ``total``."""
+    line = f"Iter(train) [{iteration:>{len(str(total))}}/{total}]"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         logs = list(work_dir.glob("*/*.log"))
-        if logs and f"Iter(train) [{iteration:>2}/{total}]" in logs[0].read_text():
-            break
+        if logs and line in logs[0].read_text():
+            return
         time.sleep(0.02)
+    raise AssertionError(f"{line} not logged within 2 minutes")
+
+
+def _kill_job(proc, work_dir: Path, iteration: int, total: int) -> None:
+    """SIGKILL torchrun and its workers (each in its own session) once iteration ``iteration`` is logged."""
+    _wait_for(work_dir, iteration, total)
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     for pid in [proc.pid, *map(int, children)]:
         os.kill(pid, signal.SIGKILL)
     proc.communicate(timeout=60)
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_saves_on_every_rank_together_and_stops(tmp_path):
+    """Preemption (SLURM, Kubernetes): torchrun passes SIGTERM on; the ranks agree on one iteration to stop at."""
+    config = write_tiny_config(tmp_path)
+    proc = torchrun("train", str(config), "--work-dir", str(tmp_path / "wd"), "--cfg-options", *COMMON,
+                    "train.max_iters=400", "checkpoint.interval=1000", popen=True)
+    _wait_for(tmp_path / "wd", 5, 400)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    (saved,) = (tmp_path / "wd").glob("iter_*.pth")
+    assert "stopped by SIGTERM" in stderr and "continue with --resume" in stderr
+    assert 5 <= torch.load(saved, weights_only=True)["loop"]["iteration"] < 100
 
 
 @pytest.mark.slow
