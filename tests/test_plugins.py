@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -155,3 +157,17 @@ def test_hooks_are_called_in_the_documented_order(tmp_path):
     assert recording.calls_of("after_train")[0]["error"] is None
     assert sorted(p.name for p in tmp_path.glob("iter_*.pth")) == ["iter_2.pth", "iter_4.pth"]
     assert recording.run.iteration == 4
+
+
+def test_help_and_plugins_list_without_importing_torch():
+    """`posecore --help` and `posecore plugins` stay instant: neither imports torch or numpy (the plugins' too)."""
+    code = ("import sys; from posecore.cli import main; main(['plugins', '--json']); "
+            "heavy = sorted(m for m in ('torch', 'numpy') if m in sys.modules); print('HEAVY', heavy)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "HEAVY []"
+    assert {row["name"] for row in json.loads(result.stdout[:result.stdout.rindex("HEAVY")])} >= {"amp", "seed"}
+    code = ("import sys\nfrom posecore.cli import main\ntry:\n    main(['train', '--help'])\nfinally:\n"
+            "    print('HEAVY', 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "HEAVY False"

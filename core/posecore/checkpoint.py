@@ -12,8 +12,10 @@ import hashlib
 import io
 import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -54,15 +56,27 @@ def atomic_write(path: Path, write: Any) -> None:
 
 
 class _HashingWriter:
-    """A file wrapper that hashes what passes through, so saving reads nothing back."""
+    """A file wrapper that hashes what passes through, so saving reads nothing back.
 
-    def __init__(self, file: Any) -> None:
+    A large chunk is hashed on a helper thread while this one writes it (both release the GIL), so
+    the checksum costs little over the write. The chunk is only read during the call: torch may reuse
+    its buffer afterwards.
+    """
+
+    def __init__(self, file: Any, hasher: ThreadPoolExecutor) -> None:
         self.file = file
         self.sha256 = hashlib.sha256()
+        self.hasher = hasher
 
     def write(self, data: bytes) -> int:
-        self.sha256.update(data)
-        return self.file.write(data)
+        if len(data) < 1 << 20:
+            self.sha256.update(data)
+            return self.file.write(data)
+        hashed = self.hasher.submit(self.sha256.update, data)
+        try:
+            return self.file.write(data)
+        finally:
+            hashed.result()
 
     def flush(self) -> None:
         self.file.flush()
@@ -77,12 +91,93 @@ def save(path: Path, state: dict[str, Any]) -> None:
     writers = []
 
     def write(file: Any) -> None:
-        writers.append(_HashingWriter(file))
+        writers.append(_HashingWriter(file, hasher))
         torch.save({"format": FORMAT, **state}, writers[0])
 
-    atomic_write(path, write)
+    with ThreadPoolExecutor(1, thread_name_prefix="posecore-sha256") as hasher:
+        atomic_write(path, write)
     line = f"{writers[0].sha256.hexdigest()}  {path.name}\n"
     atomic_write(checksum_path(path), lambda file: file.write(line.encode()))
+
+
+def verify(path: Path) -> None:
+    """Read ``path`` back and check it against its checksum file; a mismatch is a CheckpointError."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 22):
+            digest.update(chunk)
+    if digest.hexdigest() != _expected_checksum(path):
+        raise CheckpointError(f"{path}: does not match {checksum_path(path).name} after writing it; the disk or "
+                              f"filesystem lost data")
+
+
+class BackgroundWriter:
+    """Writes checkpoints on a thread, at most one at a time; a failure is kept until :meth:`check`.
+
+    ``submit`` waits for the write in flight before it starts the next, so the loop only ever stalls
+    for the state snapshot (or, when saves come faster than the disk, for the previous write).
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._failure: tuple[str, BaseException] | None = None
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def snapshot(self, state: Any) -> Any:
+        """``state`` with every tensor copied to host memory, so training can go on while it is written.
+
+        Waits for the write in flight, then copies into the buffers of the previous snapshot where the
+        shapes allow (fresh memory would cost page faults at every save).
+        """
+        self.wait()
+        previous, self._buffers = self._buffers, {}
+
+        def copy(value: Any, key: tuple) -> Any:
+            if isinstance(value, torch.Tensor):
+                buffer = previous.get(key)
+                if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
+                    buffer = torch.empty(value.shape, dtype=value.dtype, pin_memory=value.is_cuda)
+                self._buffers[key] = buffer.copy_(value.detach())
+                return buffer
+            if isinstance(value, dict):
+                return {name: copy(item, key + (name,)) for name, item in value.items()}
+            if isinstance(value, (list, tuple)):
+                return type(value)(copy(item, key + (index,)) for index, item in enumerate(value))
+            return value
+
+        return copy(state, ())
+
+    def submit(self, name: str, job: Callable[[], None]) -> None:
+        """Run ``job`` (writing the checkpoint ``name``) on the writer thread, after the one in flight."""
+        self.wait()
+
+        def run() -> None:
+            try:
+                job()
+            except BaseException as err:  # kept for the loop's thread, which raises it
+                self._failure = (name, err)
+
+        self._thread = threading.Thread(target=run, name="posecore-checkpoint-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until no write is in flight, then :meth:`check`."""
+        self.join()
+        self.check()
+
+    def join(self) -> None:
+        """Block until no write is in flight; keep any failure for :meth:`check`."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def check(self) -> None:
+        """Raise a CheckpointError if a background write failed."""
+        if self._failure is not None:
+            (name, err), self._failure = self._failure, None
+            raise CheckpointError(f"the background write of checkpoint {name} failed ({type(err).__name__}: "
+                                  f"{err}); the previous checkpoint is still the latest. Free disk space or fix "
+                                  f"the work dir, then continue with --resume")
 
 
 def remove(path: Path) -> None:

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -140,6 +140,7 @@ class Run:
         self.progress: Progress | None = None
         self.backends: list[Any] = []
         self.timer = Timer()
+        self.writer = checkpoint.BackgroundWriter()
         self.plugin_data: dict[str, Any] = {}
         """Per-run objects of plugins, keyed by plugin name (plugin modules keep no state of their own)."""
 
@@ -170,6 +171,7 @@ class Run:
         error: BaseException | None = None
         try:
             yield
+            self.writer.wait()  # a run is over when its last checkpoint is on disk
         except BaseException as err:
             error = err
             if main and not isinstance(err, (PosecoreError, KeyboardInterrupt)):
@@ -177,6 +179,7 @@ class Run:
                                                        (), sys.exc_info()))
             raise
         finally:
+            self.writer.join()  # also after an error or a signal: never leave a checkpoint half-written
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             try:
@@ -313,6 +316,7 @@ class Run:
     def stop_agreed(self) -> bool:
         """Whether the loop stops now. Under torchrun the ranks decide together (a signal or a plugin's
         request may reach one rank an iteration before another); a single process just reads ``stopping``."""
+        self.writer.check()  # a failed background checkpoint write ends the run here, with its reason
         if self.world_size == 1:
             return self.stopping is not None
         code = dist.max_int(-1 if self.stopping is None else self.stopping[1])
@@ -449,13 +453,13 @@ class Run:
         old = self.best.get("file")
         path = self.work_dir / f"best_{name}_iter_{self.iteration}.pth"
         self.best = {"metric": name, "value": value, "iteration": self.iteration, "file": path.name}
-        state = self.state()
-        if self.rank == 0:
-            checkpoint.save(path, state)
+
+        def replace_old() -> None:
             if old and old != path.name:
                 checkpoint.remove(self.work_dir / old)
             self.log.info("best %s %.4f at iteration %d: %s", name, value, self.iteration, path)
-        dist.barrier()  # no rank goes on (or reads it) before the file is complete
+
+        self._write(path, self.state(), replace_old)
 
     # ----------------------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
@@ -485,18 +489,39 @@ class Run:
                                 f"{self.last_checkpoint or 'none (no checkpoint saved yet)'}")
 
     def save(self) -> Path:
-        """Write ``iter_<N>.pth`` atomically (never with inf/NaN weights), move the pointers, prune old ones."""
+        """Write ``iter_<N>.pth`` atomically (never with inf/NaN weights), move the pointers, prune old ones
+        (with ``checkpoint.async``: in the background, see ``_write``)."""
         self.require_finite_weights("about to save a checkpoint")
         path = self.work_dir / f"iter_{self.iteration}.pth"
-        state = self.state()
-        if self.rank == 0:
-            checkpoint.save(path, state)
+
+        def publish() -> None:
             checkpoint.update_pointers(self.work_dir, path)
             checkpoint.prune(self.work_dir, self.config["checkpoint"]["max_keep"])
             self.log.info("saved checkpoint %s", path)
-        dist.barrier()  # no rank goes on (or reads it) before the file is complete
+
+        self._write(path, self.state(), publish)
         self.last_checkpoint = path
         return path
+
+    def _write(self, path: Path, state: dict[str, Any], then: Callable[[], None]) -> None:
+        """Rank 0 writes ``state`` to ``path`` and then calls ``then`` (which moves pointers: only after a
+        complete write). With ``checkpoint.async`` the loop waits only for a host-memory snapshot; the
+        writer thread writes, reads the file back against its checksum, then calls ``then``."""
+        background = self.config["checkpoint"]["async"]
+        if self.rank == 0 and background:
+            snapshot = self.writer.snapshot(state)
+
+            def job() -> None:
+                checkpoint.save(path, snapshot)
+                checkpoint.verify(path)
+                then()
+
+            self.writer.submit(path.name, job)
+        elif self.rank == 0:
+            checkpoint.save(path, state)
+            then()
+        if not background:
+            dist.barrier()  # no rank goes on (or reads it) before the file is complete
 
     def load_weights(self, path: str | Path) -> None:
         """Initialise the model from a checkpoint's (or a state_dict file's) weights; ``load_strict`` applies."""

@@ -132,6 +132,9 @@ CORE_SCHEMA = {
         "interval": Key(int, 1000, "Save `iter_<N>.pth` every N iterations and at the end.", min=1),
         "max_keep": Key(int, 3, "Keep the N newest `iter_*.pth` (0: keep all).", min=0),
         "save_best": Key(str, None, "Keep `best_<metric>_iter_<N>.pth` for this validation metric (e.g. `PCK`)."),
+        "async": Key(bool, False, "Write checkpoints on a background thread: the loop waits only for a copy of "
+                                  "the state in host memory; the pointers move once the file is written and "
+                                  "verified; one write at a time; the run's end waits for it."),
         "rule": Key(str, "greater", "Whether a greater or a lesser `save_best` metric is better.",
                     choices=("greater", "less")),
     }, "Checkpoints."),

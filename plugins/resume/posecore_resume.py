@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from posecore import checkpoint, hookimpl
+from posecore import hookimpl
 from posecore.config import Key
 from posecore.errors import CheckpointError
 
@@ -32,6 +32,8 @@ def config_schema() -> dict[str, Any]:
 
 @hookimpl
 def before_train(run: Any) -> None:
+    from posecore import checkpoint  # torch: imported when a run starts, not when plugins are listed
+
     if not run.config.get("resume"):
         return
     source = run.config.get("load_from")
@@ -47,6 +49,8 @@ def before_train(run: Any) -> None:
 
 def latest_checkpoint(work_dir: Path, log: Any) -> tuple[dict[str, Any], Path] | None:
     """The newest checkpoint that loads: ``last_checkpoint``'s target, else the newest ``iter_*.pth``."""
+    from posecore import checkpoint
+
     candidates = []
     pointer = work_dir / checkpoint.LAST_CHECKPOINT
     if pointer.is_file():

@@ -14,8 +14,6 @@ import random
 import secrets
 from typing import Any
 
-import numpy as np
-
 from posecore import hookimpl
 from posecore.config import Key, Section
 
@@ -34,6 +32,7 @@ def config_schema() -> dict[str, Any]:
 
 @hookimpl
 def before_build(run: Any) -> None:
+    import numpy as np
     import torch
 
     from posecore import dist
