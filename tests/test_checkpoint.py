@@ -25,7 +25,7 @@ def test_crash_between_write_and_rename_keeps_the_old_file(tmp_path, monkeypatch
     with pytest.raises(OSError, match="simulated crash"):
         checkpoint.save(path, {"model": {"w": torch.zeros(3)}})
     assert torch.equal(checkpoint.load(path)["model"]["w"], torch.ones(3))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_2.pth", "iter_2.pth.sha256"]  # no temporary file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_2.pth", "iter_2.pth.xxh128"]  # no temporary file
 
 
 def test_save_never_exposes_a_partial_file(tmp_path, monkeypatch):
@@ -40,7 +40,7 @@ def test_save_never_exposes_a_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", watch)
     checkpoint.save(path, {"model": {"w": torch.ones(1000)}})
     # the final names appear only by the rename of a complete file, the checksum after the checkpoint
-    assert seen == [("iter_4.pth", False), ("iter_4.pth.sha256", False)]
+    assert seen == [("iter_4.pth", False), ("iter_4.pth.xxh128", False)]
 
 
 class _Exploit:
@@ -81,7 +81,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "iter_2.pth"
     checkpoint.save(path, {"model": {"w": torch.ones(10000)}})
     path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(CheckpointError, match=f"{path}: checksum mismatch with iter_2.pth.sha256: the file is "
+    with pytest.raises(CheckpointError, match=f"{path}: checksum mismatch with iter_2.pth.xxh128: the file is "
                                               f"corrupt or was cut short"):
         checkpoint.load(path)
     checkpoint.checksum_path(path).unlink()  # as an older version or a copy by hand would leave it
@@ -89,12 +89,12 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
         checkpoint.load(path)
 
 
-def test_checksum_file_is_in_sha256sum_format(tmp_path):
-    import hashlib
+def test_checksum_file_is_in_xxhsum_format(tmp_path):
+    import xxhash
 
     path = tmp_path / "iter_2.pth"
     checkpoint.save(path, {"model": {"w": torch.ones(3)}})
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = xxhash.xxh3_128(path.read_bytes()).hexdigest()
     assert checkpoint.checksum_path(path).read_text() == f"{digest}  iter_2.pth\n"
     flipped = bytearray(path.read_bytes())
     flipped[len(flipped) // 2] ^= 1

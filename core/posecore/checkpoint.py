@@ -1,23 +1,24 @@
 """Checkpoint files: atomic writes, safe loading, the ``last_checkpoint``/``latest.pth`` pointers, pruning.
 
 A checkpoint is a plain dict of tensors and plain values, loaded with ``torch.load(weights_only=True)``
-so that opening an untrusted file cannot run code. Beside each one, ``<name>.sha256`` (the format of
-``sha256sum``, so ``sha256sum -c`` checks it too) is written after the checkpoint is complete; loading
-verifies it, so a corrupt file is refused rather than half-read.
+so that opening an untrusted file cannot run code. Beside each one, ``<name>.xxh128`` (its XXH3-128
+checksum in the line format of ``xxhsum``, so ``xxhsum -c`` checks it too) is written after the
+checkpoint is complete; loading verifies it, so a corrupt or truncated file is refused rather than
+half-read. XXH3 rather than SHA-256: it detects corruption as well and costs about 4 ms instead of
+35 ms on a 40 MB checkpoint here (tampering is not its job: ``weights_only`` loading is).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import xxhash
 
 from posecore.errors import CheckpointError
 
@@ -56,34 +57,33 @@ def atomic_write(path: Path, write: Any) -> None:
 
 
 class _HashingWriter:
-    """A file wrapper that hashes what passes through, so saving reads nothing back.
+    """A file wrapper that checksums what passes through (so saving reads nothing back) and starts the
+    disk writeback as it goes, so the final fsync has little left to wait for."""
 
-    A large chunk is hashed on a helper thread while this one writes it (both release the GIL), so
-    the checksum costs little over the write. The chunk is only read during the call: torch may reuse
-    its buffer afterwards.
-    """
+    _WRITEBACK_EVERY = 8 << 20
 
-    def __init__(self, file: Any, hasher: ThreadPoolExecutor) -> None:
+    def __init__(self, file: Any) -> None:
         self.file = file
-        self.sha256 = hashlib.sha256()
-        self.hasher = hasher
+        self.checksum = xxhash.xxh3_128()
+        self.written = self.flushed = 0
 
-    def write(self, data: bytes) -> int:
-        if len(data) < 1 << 20:
-            self.sha256.update(data)
-            return self.file.write(data)
-        hashed = self.hasher.submit(self.sha256.update, data)
-        try:
-            return self.file.write(data)
-        finally:
-            hashed.result()
+    def write(self, data: Any) -> int:
+        self.checksum.update(data)
+        count = self.file.write(data)
+        self.written += count
+        if self.written - self.flushed >= self._WRITEBACK_EVERY and hasattr(os, "posix_fadvise"):
+            # On Linux, DONTNEED on dirty pages starts their writeback without waiting for it.
+            self.file.flush()
+            os.posix_fadvise(self.file.fileno(), self.flushed, self.written - self.flushed, os.POSIX_FADV_DONTNEED)
+            self.flushed = self.written
+        return count
 
     def flush(self) -> None:
         self.file.flush()
 
 
 def checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
+    return path.with_name(path.name + ".xxh128")
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
@@ -91,22 +91,21 @@ def save(path: Path, state: dict[str, Any]) -> None:
     writers = []
 
     def write(file: Any) -> None:
-        writers.append(_HashingWriter(file, hasher))
+        writers.append(_HashingWriter(file))
         torch.save({"format": FORMAT, **state}, writers[0])
 
-    with ThreadPoolExecutor(1, thread_name_prefix="posecore-sha256") as hasher:
-        atomic_write(path, write)
-    line = f"{writers[0].sha256.hexdigest()}  {path.name}\n"
+    atomic_write(path, write)
+    line = f"{writers[0].checksum.hexdigest()}  {path.name}\n"
     atomic_write(checksum_path(path), lambda file: file.write(line.encode()))
 
 
 def verify(path: Path) -> None:
     """Read ``path`` back and check it against its checksum file; a mismatch is a CheckpointError."""
-    digest = hashlib.sha256()
+    checksum = xxhash.xxh3_128()
     with open(path, "rb") as file:
         while chunk := file.read(1 << 22):
-            digest.update(chunk)
-    if digest.hexdigest() != _expected_checksum(path):
+            checksum.update(chunk)
+    if checksum.hexdigest() != _expected_checksum(path):
         raise CheckpointError(f"{path}: does not match {checksum_path(path).name} after writing it; the disk or "
                               f"filesystem lost data")
 
@@ -208,7 +207,7 @@ def _read(path: Path) -> Any:
         raise CheckpointError(f"{path}: checkpoint not found")
     data = path.read_bytes()
     expected = _expected_checksum(path)
-    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+    if expected is not None and xxhash.xxh3_128(data).hexdigest() != expected:
         raise CheckpointError(f"{path}: checksum mismatch with {checksum_path(path).name}: the file is corrupt or "
                               f"was cut short; use an older checkpoint")
     try:

@@ -10,7 +10,7 @@ metric, and each plugin's state. The rest of the run is bitwise the run that was
 
 Preemption: on SIGTERM (or Ctrl-C) the core finishes the iteration, saves a checkpoint and exits
 with 128 + the signal number: **143** for SIGTERM, **130** for SIGINT. ``--resume`` then loses nothing.
-A checkpoint whose ``.sha256`` does not match, or that does not load, is skipped with a warning in
+A checkpoint whose ``.xxh128`` checksum does not match, or that does not load, is skipped with a warning in
 favour of the previous one.
 """
 

@@ -89,7 +89,7 @@ def test_resume_is_exact_without_randomness_section(config, tmp_path):
     train(config, first)
     second = tmp_path / "second"
     second.mkdir()
-    for name in ("iter_8.pth", "iter_8.pth.sha256"):  # a mid-epoch checkpoint, as a crash would leave it
+    for name in ("iter_8.pth", "iter_8.pth.xxh128"):  # a mid-epoch checkpoint, as a crash would leave it
         shutil.copy(first / name, second / name)
     resumed = train(config, second, "--resume")
     assert "resumed from" in resumed.stderr and "at iteration 8" in resumed.stderr

@@ -91,7 +91,7 @@ def test_a_resumed_run_continues_the_same_series_without_repeated_steps(tmp_path
                      "--cfg-options", "train.max_iters=8", "checkpoint.interval=4", "train.log_interval=1")
     assert first.returncode == 0, first.stderr
     # As if the run had crashed after iteration 8 but its newest checkpoint were iteration 4.
-    for name in ("iter_8.pth", "iter_8.pth.sha256", "last_checkpoint", "latest.pth"):
+    for name in ("iter_8.pth", "iter_8.pth.xxh128", "last_checkpoint", "latest.pth"):
         (work_dir / name).unlink()
     resumed = posecore("train", str(config), "--work-dir", str(work_dir), "--plugin", "tensorboard", "--resume",
                        "--cfg-options", "train.max_iters=10", "checkpoint.interval=4", "train.log_interval=1")
