@@ -26,7 +26,8 @@ Cases (``--models``), all with ``log_interval = 50`` (the quickstart's and the s
 * ``null``: TINY_CONFIG's codec and batches with a stand-in model of 2 parameters (2x2 average
   pooling, one 1x1 convolution), put into the Run after ``Run.build`` (with a fresh AdamW) and used
   by the plain loop too. An iteration is a few hundred µs, so the overhead is a large part of it and
-  is measured to a few µs: this is the row for the issue's target.
+  is measured to a few µs: the row for the issue's 20 µs target (the tiny model's
+  overhead is the same work, measured to tens of µs only).
 * ``tiny``: ``posecore.testing.TINY_CONFIG``'s model, codec and batch size (4 crops of 32x32): what
   the tests train. Iterations take milliseconds; on a shared machine its overhead figure is only
   good to some tens of µs.
@@ -277,15 +278,13 @@ class Variant:
 
 
 class DirectHooks:
-    """Stands in for ``run.hook``: the per-iteration hooks call the core's implementation directly."""
+    """Stands in for ``run.hook``: backward_step calls the core's implementation directly (after_iter, with no
+    implementations, is skipped by the loop itself)."""
 
     def __init__(self, hook: Any) -> None:
         from posecore import builtin
 
         self._hook, self.backward_step = hook, builtin.backward_step
-
-    def after_iter(self, **kwargs: Any) -> None:
-        pass
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._hook, name)
@@ -447,7 +446,7 @@ def posecore_run(case: Case, work_dir: str, max_iters: int,
     def build() -> None:
         real_build()
         if case.name == "null":  # the same model and optimizer as the plain loop's
-            run.model = case.model().to(run.device)
+            run.model = run.train_model = case.model().to(run.device)
             run.optimizer = case.optimizer(run.model)
         real = run.train_loader
         run.train_loader = make_loader(case.batches, real.batch_size, stamps, sampler=real.sampler,
@@ -604,12 +603,17 @@ def bench(args: argparse.Namespace) -> None:
               f"{LOG_INTERVAL} iterations {median(logging_):.1f} ({spread(logging_)}) per iteration")
         print(f"    plain {spread([s.robust for s in plain])}, posecore {spread([s.robust for s in core])}; "
               f"from window means instead: overhead {median(means):.0f} ({spread(means)})")
-    target = 50.0
     for case, plain, core in results:
-        if case.name in ("null", "tiny") and not case.amp:
+        if case.amp:
+            continue
+        if case.name in ("null", "tiny"):
             o = median(c.robust - p.robust for c, p in zip(core, plain))
-            print(f"Target (issue): overhead under {target:.0f} µs/iter; {case.label}: {o:.1f} µs/iter "
-                  f"({'meets' if o < target else 'misses'} it)")
+            print(f"Target (performance issue): overhead under 20 µs/iter; {case.label}: {o:.1f} µs/iter "
+                  f"({'meets' if o < 20 else 'misses'} it)")
+        else:
+            ratio = median(c.robust / p.robust for c, p in zip(core, plain))
+            print(f"Target (performance issue): within 1.01x; {case.label}: {ratio:.4f}x "
+                  f"({'meets' if ratio <= 1.01 else 'misses'} it)")
 
 
 # ---------------------------------------------------------------------------------------- profile

@@ -68,6 +68,7 @@ def run_training(work_dir: str | Path, plugins: Mapping[str, Any] | None = None,
                                    extra=extra)
     run = Run(settings, plugin_set)
     recording = Recording(run)
+    plugin_set.monitored = True
     plugin_set.pm.add_hookcall_monitoring(
         lambda name, impls, kwargs: recording.calls.append((name, dict(kwargs))), lambda *args: None)
     try:
