@@ -43,6 +43,7 @@ def before_iter(run):
 
 def install_probe(folder: Path) -> Path:
     """A plugin distribution (module + dist-info with a ``posecore`` entry point) to put on PYTHONPATH."""
+    folder.mkdir(parents=True)
     (folder / "posecore_first_iteration.py").write_text(PROBE)
     info = folder / "posecore_first_iteration-0.1.dist-info"
     info.mkdir()
