@@ -77,3 +77,30 @@ def test_a_failed_background_write_stops_the_run_at_the_next_iteration(tmp_path,
     assert "the previous checkpoint is still the latest" in message
     assert failure.value.recording.run.iteration in (2, 3)  # raised at the next iteration boundary
     assert pointer(tmp_path) == "iter_1.pth" and not (tmp_path / "iter_2.pth").exists()
+
+
+class StopAtTwo:
+    """A plugin that asks the run to stop after iteration 2, as a preemption signal would."""
+
+    from posecore import hookimpl
+
+    @staticmethod
+    @hookimpl
+    def after_iter(run, loss) -> None:
+        if run.iteration == 2:
+            run.request_stop("stop requested by the test")
+
+
+def test_a_stopped_run_waits_for_its_background_write(tmp_path, monkeypatch):
+    real_save = checkpoint.save
+
+    def slow_save(path: Path, state: dict) -> None:
+        time.sleep(0.3)
+        real_save(path, state)
+
+    monkeypatch.setattr(checkpoint, "save", slow_save)
+    recording = run_training(tmp_path, plugins={"stopper": StopAtTwo}, cfg_options=[
+        "checkpoint.async=true", "checkpoint.interval=100", "plugins=['stopper']"])
+    assert recording.run.iteration == 2
+    assert pointer(tmp_path) == "iter_2.pth"  # written in the background, complete before the run returned
+    checkpoint.verify(tmp_path / "iter_2.pth")
