@@ -26,7 +26,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python bench/overhead.py
+	for script in overhead checkpoint startup data memory; do $(BIN)/python bench/$$script.py || exit 1; done
 
 reference: setup
 	$(BIN)/posecore config --reference > docs/config.md
