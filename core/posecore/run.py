@@ -69,7 +69,7 @@ def train(run: Run) -> None:
                 run.validate(forward)
             if run.iteration % save_every == 0 or done:
                 run.save()
-        if run.stopping is not None:
+        if run.stop_agreed():  # also a stop that arrived during the last iteration, on every rank alike
             run.stop()
 
 
@@ -360,7 +360,7 @@ class Run:
             "time": (now - self.timer.start) / steps,
             "data_time": self.timer.data_seconds / steps,
         }
-        scalars["samples_per_s"] = self.train_loader.batch_size / scalars["time"]
+        scalars["samples_per_s"] = self.train_loader.sampler.global_batch / scalars["time"]  # all processes
         if self.device.type == "cuda":
             scalars["memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         for extra in self.hook.collect_scalars(run=self):
