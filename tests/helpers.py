@@ -43,7 +43,8 @@ def posecore(*args: str, cwd: Path | None = None, pythonpath: list[Path] = (), t
 
 
 def torchrun(*args: str, nproc: int = 2, pythonpath: list[Path] = (), timeout: float = 300,
-             env: dict[str, str] | None = None, popen: bool = False) -> subprocess.CompletedProcess | subprocess.Popen:
+             env: dict[str, str] | None = None, popen: bool = False,
+             cwd: Path | None = None) -> subprocess.CompletedProcess | subprocess.Popen:
     """Run ``torchrun --standalone --nproc_per_node=NPROC -m posecore ARGS`` (started, not waited for, if ``popen``)."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     environment.pop("POSECORE_DEBUG", None)
@@ -52,8 +53,9 @@ def torchrun(*args: str, nproc: int = 2, pythonpath: list[Path] = (), timeout: f
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "posecore", *args]
     if popen:
-        return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout)
+        return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=cwd)
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def make_plugin_dist(root: Path, name: str, source: str, dist: str | None = None, version: str = "0.1.0") -> Path:

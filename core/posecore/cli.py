@@ -104,7 +104,10 @@ def test(config: Path, checkpoint: Path, plugins: tuple[str, ...], cfg_options: 
     from posecore.run import Run, evaluate
 
     settings, plugin_set = load_config(config, _overrides(cfg_options, **shorthands), plugins)
-    metrics = evaluate(Run(settings, plugin_set), checkpoint)
+    run = Run(settings, plugin_set)
+    metrics = evaluate(run, checkpoint)
+    if run.rank != 0:  # under torchrun the table is rank 0's to print
+        return
     width = max(len(name) for name in metrics)
     click.echo(f"{'metric'.ljust(width)}  value")
     for name, value in metrics.items():

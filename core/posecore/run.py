@@ -77,7 +77,7 @@ def evaluate(run: Run, weights: Path) -> dict[str, float]:
     """``posecore test``: score ``weights`` on the validation data; COCO results go to the run folder."""
     with run.session():
         run.hook.before_build(run=run)
-        run.build()
+        run.build(training=False)
         run.load_weights(weights)
         metrics, results = run.score(run.hook.forward_context(run=run) or contextlib.nullcontext())
         if results:
@@ -217,14 +217,18 @@ class Run:
         """End the run early and successfully: at the next iteration boundary, save a checkpoint and stop."""
         self.stopping = (reason, 0)
 
-    def build(self) -> None:
-        """Build model, optimizer and loaders (after plugins' ``before_build`` seeded the generators)."""
+    def build(self, training: bool = True) -> None:
+        """Build model, optimizer and loaders (after plugins' ``before_build`` seeded the generators); not
+        ``training`` (``posecore test``): only the model and the validation loader."""
         if self.seed is None:
             self.seed = dist.broadcast(secrets.randbits(31))
-        self.train_loader, self.val_loader = (
-            build_loader(self.config, section, self.seed, self.device, self.rank, self.world_size)
-            for section in ("train_dataloader", "val_dataloader"))
+        self.val_loader = build_loader(self.config, "val_dataloader", self.seed, self.device, self.rank,
+                                       self.world_size)
         self.build_model()
+        if not training:
+            return
+        self.train_loader = build_loader(self.config, "train_dataloader", self.seed, self.device, self.rank,
+                                         self.world_size)
         self.optimizer = _build_optimizer(self.config["optim"], self.model, self._lr_scale())
         per_epoch = self.train_loader.sampler.usable // self.train_loader.sampler.global_batch
         train_cfg = self.config["train"]
