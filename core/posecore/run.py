@@ -157,6 +157,7 @@ class Run:
         try:
             with self._logged():
                 yield
+            dist.barrier()  # leave together: gloo aborts a rank whose peer tears down mid-conversation
         finally:
             dist.teardown()
 
