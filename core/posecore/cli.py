@@ -217,27 +217,40 @@ def expand_cfg_options(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: one clear line and an exit code for every failure (POSECORE_DEBUG=1 adds tracebacks)."""
-    args = expand_cfg_options(sys.argv[1:] if argv is None else argv)
+    code = _run(expand_cfg_options(sys.argv[1:] if argv is None else argv))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun, leave without interpreter finalisation: everything is written and closed by
+        # now, and torch's gloo threads can abort a finished process there (std::terminate).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    if code:
+        sys.exit(code)
+
+
+def _run(args: list[str]) -> int:
+    """Run the command; its exit code."""
     try:
         cli.main(args=args, prog_name="posecore", standalone_mode=False)
     except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
+        return done.exit_code
     except click.ClickException as err:
         err.show()
-        sys.exit(2 if isinstance(err, click.UsageError) else 1)
+        return 2 if isinstance(err, click.UsageError) else 1
     except (click.Abort, KeyboardInterrupt):
         click.echo("posecore: interrupted", err=True)
-        sys.exit(130)
+        return 130
     except StopRun as stop:
         click.echo(f"posecore: {stop}", err=True)
-        sys.exit(stop.exit_code)
+        return stop.exit_code
     except PosecoreError as err:
         if os.environ.get("POSECORE_DEBUG"):
             traceback.print_exc()
         click.echo(f"posecore: error: {err}", err=True)
-        sys.exit(err.exit_code)
+        return err.exit_code
     except Exception as err:
         if os.environ.get("POSECORE_DEBUG"):
             traceback.print_exc()
         click.echo(f"posecore: error: {type(err).__name__}: {err} (POSECORE_DEBUG=1 shows the traceback)", err=True)
-        sys.exit(1)
+        return 1
+    return 0
