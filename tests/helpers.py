@@ -34,22 +34,24 @@ def coco_config(folder: Path, **det_options: float) -> Path:
 def posecore(*args: str, cwd: Path | None = None, pythonpath: list[Path] = (), timeout: float = 300,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m posecore ARGS`` in a fresh process and capture its output."""
+    return subprocess.run([sys.executable, "-m", "posecore", *args], cwd=cwd, env=_environment(pythonpath, env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _environment(pythonpath: list[Path], env: dict[str, str] | None) -> dict[str, str]:
+    """This process's environment plus ``env``, without POSECORE_DEBUG, with ``pythonpath`` as PYTHONPATH."""
     environment = {**os.environ, **(env or {})}
     environment.pop("POSECORE_DEBUG", None)
     if pythonpath:
         environment["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
-    return subprocess.run([sys.executable, "-m", "posecore", *args], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=timeout)
+    return environment
 
 
 def torchrun(*args: str, nproc: int = 2, pythonpath: list[Path] = (), timeout: float = 300,
              env: dict[str, str] | None = None, popen: bool = False,
              cwd: Path | None = None) -> subprocess.CompletedProcess | subprocess.Popen:
     """Run ``torchrun --standalone --nproc_per_node=NPROC -m posecore ARGS`` (started, not waited for, if ``popen``)."""
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    environment.pop("POSECORE_DEBUG", None)
-    if pythonpath:
-        environment["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
+    environment = _environment(pythonpath, {"OMP_NUM_THREADS": "1", **(env or {})})
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "posecore", *args]
     if popen:
