@@ -1,4 +1,4 @@
-"""CocoKeypoints and CROWDPOSE14 against the real sample data in shared/data, and against broken files."""
+"""CocoKeypoints on the generated COCO data set and on the real samples in shared/data, and against broken files."""
 
 from __future__ import annotations
 
@@ -8,24 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from coco_synth import IMAGES, PERSON_CATEGORY, panels, write_synthetic_coco
+from helpers import SHARED_COCO, SHARED_DATA, coco_config, posecore, write_tiny_config
 from posecore.errors import InputError
 from posecore.pose.coco import CocoKeypoints, DataError
+from posecore.pose.coco_eval import coco_keypoint_ap
 from posecore.pose.skeleton import CROWDPOSE14
 from posecore.pose.skeleton import COCO17
 from posecore.pose.transforms import TopDownTransform
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-COCO = DATA / "coco"
-COCO_ANN = COCO / "test_coco.json"
-COCO_DET = COCO / "test_coco_det_AP_H_56.json"
-OCHUMAN = DATA / "ochuman"
-CROWDPOSE = DATA / "crowdpose"
-
-needs_data = pytest.mark.skipif(
-    not COCO_ANN.is_file(), reason=f"shared sample data not found at {DATA} (see shared/data/README.md)"
-)
+OCHUMAN = SHARED_DATA / "ochuman"
+CROWDPOSE = SHARED_DATA / "crowdpose"
 
 
 def _json(path: Path):
@@ -36,57 +32,119 @@ def _transform(info) -> TopDownTransform:
     return TopDownTransform(input_size=(48, 64), heatmap_size=(24, 32), flip_pairs=info.flip_pairs, train=False)
 
 
-# ---------------------------------------------------------------- real data
+def _labelled(ann: dict) -> int:
+    """The number of labelled keypoints (v > 0) of an annotation, counted from its keypoints."""
+    return sum(1 for v in ann["keypoints"][2::3] if v > 0)
 
 
-@needs_data
-def test_coco_train_instances_match_the_json():
-    source = CocoKeypoints(COCO_ANN, COCO)
-    data = _json(COCO_ANN)
-    assert len(data["annotations"]) == 14
-    assert len(source) == 12
-    assert source.keypoint_info is COCO17
-    anns = {ann["id"]: ann for ann in data["annotations"]}
+# ---------------------------------------------------------------- the generated data set
+
+
+def test_synthetic_coco_labels_are_the_rendered_keypoints(synthetic_coco):
+    data = _json(synthetic_coco.ann_file)
+    assert data["categories"] == [PERSON_CATEGORY] and len(PERSON_CATEGORY["skeleton"]) == 19
+    assert min(min(link) for link in PERSON_CATEGORY["skeleton"]) == 1  # COCO numbers keypoints from 1
+    labelled = [ann for ann in data["annotations"] if ann["num_keypoints"] > 0]
+    scenes = panels()
+    assert [len(image) for image in scenes] == [persons for persons, _ in IMAGES]
+    assert len(labelled) == sum(len(image) for image in scenes)
+    people = iter(labelled)
+    for image, rendered in zip(data["images"], scenes):
+        picture = np.asarray(Image.open(synthetic_coco.img_dir / image["file_name"]))
+        expected = np.concatenate([scene["image"] for scene in rendered], axis=1)
+        assert picture.shape == expected.shape == (image["height"], image["width"], 3)
+        assert np.abs(picture.astype(int) - expected).mean() < 8  # JPEG loses the pixel noise; another scene is ~60 off
+        for k, scene in enumerate(rendered):
+            ann = next(people)
+            assert ann["image_id"] == image["id"]
+            triples = np.asarray(ann["keypoints"]).reshape(17, 3)
+            flags = triples[:, 2]
+            shifted = scene["keypoints"] + (k * scene["image"].shape[1], 0)
+            np.testing.assert_allclose(triples[flags > 0, :2], shifted[flags > 0], atol=0.005)
+            assert not triples[flags == 0].any()  # unlabelled: 0, 0, 0 as in COCO
+            np.testing.assert_array_equal(flags == 2, scene["visible"] > 0)
+            assert ann["num_keypoints"] == _labelled(ann)
+            np.testing.assert_allclose(ann["bbox"][:2], scene["box"][:2] + (k * scene["image"].shape[1], 0), atol=0.005)
+
+
+def test_synthetic_coco_has_the_cases_real_data_has(synthetic_coco):
+    data = _json(synthetic_coco.ann_file)
+    flags = [v for ann in data["annotations"] for v in ann["keypoints"][2::3]]
+    assert {0, 1, 2} <= set(flags)  # out of frame, covered, visible
+    (empty,) = [ann for ann in data["annotations"] if ann["num_keypoints"] == 0]
+    assert not any(empty["keypoints"]) and empty["bbox"][2] > 0
+    per_image = [sum(ann["image_id"] == image["id"] and ann["num_keypoints"] > 0 for ann in data["annotations"])
+                 for image in data["images"]]
+    assert max(per_image) == 2
+    assert max(ann["area"] for ann in data["annotations"]) > 96 ** 2  # COCO's "large" persons
+    detections = _json(synthetic_coco.det_file)
+    boxes = [det["bbox"] for det in detections]
+    assert any(boxes.count(box) > 1 for box in boxes)  # a duplicate
+    assert sum(det["score"] < 0.3 for det in detections) == 2
+    jittered = [det for det in detections if det["score"] >= 0.3 and det["bbox"] not in
+                [ann["bbox"] for ann in data["annotations"]]]
+    assert len(jittered) >= 2
+    for broken in (synthetic_coco.truncated_image, synthetic_coco.not_an_image):
+        with pytest.raises(OSError):
+            Image.open(broken).load()
+
+
+def test_synthetic_coco_is_deterministic(synthetic_coco, tmp_path):
+    again = write_synthetic_coco(tmp_path / "again")
+    written = sorted(path.name for path in synthetic_coco.img_dir.iterdir())
+    assert written == sorted(path.name for path in again.img_dir.iterdir())
+    for name in written:
+        assert (synthetic_coco.img_dir / name).read_bytes() == (again.img_dir / name).read_bytes(), name
+    other = write_synthetic_coco(tmp_path / "other", seed=5)
+    assert other.ann_file.read_bytes() != synthetic_coco.ann_file.read_bytes()
+
+
+# ---------------------------------------------------------------- both data sets
+
+
+def test_coco_train_instances_match_the_json(coco_files):
+    source = CocoKeypoints(coco_files.ann_file, coco_files.img_dir)
+    data = _json(coco_files.ann_file)
     images = {image["id"]: image for image in data["images"]}
+    # The annotations kept are those with labelled keypoints; both sets have persons without.
+    labelled = [ann for ann in data["annotations"] if _labelled(ann) > 0]
+    assert 0 < len(labelled) < len(data["annotations"])
+    assert len(source) == len(labelled)
+    assert source.keypoint_info is COCO17
     records = [source.load(index) for index in range(len(source))]
-    assert sum(int(record["visible"].sum()) for record in records) == 181
-    # The ids kept are those with labelled keypoints; the two without are dropped.
-    kept = {record["ann_id"] for record in records}
-    assert kept == {ann["id"] for ann in data["annotations"] if any(v > 0 for v in ann["keypoints"][2::3])}
-    assert {1202706, 508900}.isdisjoint(kept)
-
-    record = source.load(1)
-    ann = anns[record["ann_id"]]
-    image = images[record["image_id"]]
-    assert record["image_id"] == ann["image_id"] == 40083
-    assert record["image"].dtype == np.uint8
-    assert record["image"].shape == (image["height"], image["width"], 3) == (333, 500, 3)
-    triples = np.asarray(ann["keypoints"], dtype=np.float32).reshape(17, 3)
-    np.testing.assert_array_equal(record["keypoints"], triples[:, :2])
-    np.testing.assert_array_equal(record["visible"], (triples[:, 2] > 0).astype(np.float32))
-    assert record["keypoints"].dtype == record["visible"].dtype == record["box"].dtype == np.float32
-    assert record["keypoints"].shape == (17, 2) and record["visible"].shape == (17,)
-    np.testing.assert_allclose(record["box"], ann["bbox"], rtol=1e-6)
-    assert record["score"] == 1.0 and isinstance(record["ann_id"], int)
+    assert [record["ann_id"] for record in records] == [ann["id"] for ann in labelled]
+    for record, ann in zip(records, labelled):
+        image = images[ann["image_id"]]
+        assert record["image_id"] == ann["image_id"]
+        assert record["image"].dtype == np.uint8
+        assert record["image"].shape == (image["height"], image["width"], 3)
+        triples = np.asarray(ann["keypoints"], dtype=np.float32).reshape(17, 3)
+        np.testing.assert_array_equal(record["keypoints"], triples[:, :2])
+        np.testing.assert_array_equal(record["visible"], (triples[:, 2] > 0).astype(np.float32))
+        assert record["keypoints"].dtype == record["visible"].dtype == record["box"].dtype == np.float32
+        assert record["keypoints"].shape == (17, 2) and record["visible"].shape == (17,)
+        np.testing.assert_allclose(record["box"], ann["bbox"], rtol=1e-6)
+        assert record["score"] == 1.0 and isinstance(record["ann_id"], int)
 
 
-@needs_data
-def test_coco_eval_mode_keeps_persons_without_keypoints():
-    source = CocoKeypoints(COCO_ANN, COCO, train=False)
-    assert len(source) == 14
+def test_coco_eval_mode_keeps_persons_without_keypoints(coco_files):
+    source = CocoKeypoints(coco_files.ann_file, coco_files.img_dir, train=False)
+    annotations = _json(coco_files.ann_file)["annotations"]
+    assert len(source) == len(annotations)  # neither set has crowd annotations or empty boxes
+    empty_ids = {ann["id"] for ann in annotations if _labelled(ann) == 0}
     records = [source.load(index) for index in range(len(source))]
-    empty = [record for record in records if record["ann_id"] in (1202706, 508900)]
-    assert len(empty) == 2
+    empty = [record for record in records if record["ann_id"] in empty_ids]
+    assert len(empty) == len(empty_ids) > 0
     assert all(record["visible"].sum() == 0 and record["keypoints"].shape == (17, 2) for record in empty)
 
 
-@needs_data
 @pytest.mark.parametrize("threshold", [0.0, 0.3])
-def test_detections_give_one_instance_per_box_above_threshold(threshold):
-    detections = _json(COCO_DET)
+def test_detections_give_one_instance_per_box_above_threshold(coco_files, threshold):
+    detections = _json(coco_files.det_file)
     kept = [det for det in detections if det["score"] >= threshold]
-    assert 0 < len(kept) <= len(detections) == 118
-    source = CocoKeypoints(COCO_ANN, COCO, det_file=COCO_DET, det_score_thr=threshold)
+    assert 0 < len(kept) <= len(detections)
+    source = CocoKeypoints(coco_files.ann_file, coco_files.img_dir, det_file=coco_files.det_file,
+                           det_score_thr=threshold)
     assert len(source) == len(kept)
     for index in (0, len(source) - 1):
         record = source.load(index)
@@ -99,16 +157,56 @@ def test_detections_give_one_instance_per_box_above_threshold(threshold):
         assert record["keypoints"].shape == (17, 2) and not record["keypoints"].any()
 
 
-@needs_data
-def test_detection_thresholds_differ():
-    low = CocoKeypoints(COCO_ANN, COCO, det_file=COCO_DET, det_score_thr=0.0)
-    high = CocoKeypoints(COCO_ANN, COCO, det_file=COCO_DET, det_score_thr=0.5)
-    assert len(high) == sum(det["score"] >= 0.5 for det in _json(COCO_DET)) < len(low) == 118
+def test_detection_thresholds_differ(coco_files):
+    detections = _json(coco_files.det_file)
+    low = CocoKeypoints(coco_files.ann_file, coco_files.img_dir, det_file=coco_files.det_file, det_score_thr=0.0)
+    high = CocoKeypoints(coco_files.ann_file, coco_files.img_dir, det_file=coco_files.det_file, det_score_thr=0.5)
+    assert len(high) == sum(det["score"] >= 0.5 for det in detections) < len(low) == len(detections)
     assert min(high.load(index)["score"] for index in range(len(high))) >= 0.5
 
 
-@needs_data
-def test_ochuman_uses_file_name_not_image_id():
+def test_coco_records_feed_the_transform(coco_files):
+    source = CocoKeypoints(coco_files.ann_file, coco_files.img_dir)
+    transform = _transform(source.keypoint_info)
+    for index in range(0, len(source), 5):
+        sample = transform(source.load(index))
+        assert sample["img"].shape == (3, 64, 48)
+        assert sample["heatmaps"].shape == (17, 32, 24)
+        assert np.isfinite(sample["img"]).all()
+    detected = CocoKeypoints(coco_files.ann_file, coco_files.img_dir, det_file=coco_files.det_file, det_score_thr=0.9)
+    sample = transform(detected.load(0))
+    assert sample["weights"].sum() == 0  # no ground truth for detections
+
+
+@pytest.mark.parametrize("broken", ["truncated_image", "not_an_image"])
+def test_an_image_that_does_not_decode_names_file_and_image_id(synthetic_coco, tmp_path, broken):
+    path = getattr(synthetic_coco, broken)
+    data = _json(synthetic_coco.ann_file)
+    data["images"][0]["file_name"] = path.name
+    ann_file = tmp_path / "broken.json"
+    ann_file.write_text(json.dumps(data))
+    source = CocoKeypoints(ann_file, synthetic_coco.img_dir)
+    with pytest.raises(DataError) as error:
+        source.load(0)
+    where = f"image {path} (image id {data['images'][0]['id']}, from broken.json): cannot be decoded ("
+    assert re.fullmatch(re.escape(where) + r".+\); replace the file with a valid image", _one_line(error))
+
+
+# ---------------------------------------------------------------- the real samples only
+
+
+def test_shared_coco_sample_is_the_one_its_readme_describes(shared_data):
+    source = CocoKeypoints(SHARED_COCO.ann_file, SHARED_COCO.img_dir)
+    data = _json(SHARED_COCO.ann_file)
+    assert len(data["annotations"]) == 14 and len(source) == 12
+    records = [source.load(index) for index in range(len(source))]
+    assert sum(int(record["visible"].sum()) for record in records) == 181
+    assert {1202706, 508900}.isdisjoint(record["ann_id"] for record in records)  # the two without keypoints
+    assert records[1]["image_id"] == 40083 and records[1]["image"].shape == (333, 500, 3)
+    assert len(_json(SHARED_COCO.det_file)) == 118
+
+
+def test_ochuman_uses_file_name_not_image_id(shared_data):
     ann_file = OCHUMAN / "test_ochuman.json"
     data = _json(ann_file)
     assert sorted(image["id"] for image in data["images"]) == [1, 2, 3]
@@ -125,8 +223,7 @@ def test_ochuman_uses_file_name_not_image_id():
         assert sample["img"].shape == (3, 64, 48) and sample["heatmaps"].shape == (17, 32, 24)
 
 
-@needs_data
-def test_crowdpose_fourteen_keypoints_without_area():
+def test_crowdpose_fourteen_keypoints_without_area(shared_data):
     ann_file = CROWDPOSE / "test_crowdpose.json"
     data = _json(ann_file)
     assert all("area" not in ann for ann in data["annotations"])
@@ -136,7 +233,7 @@ def test_crowdpose_fourteen_keypoints_without_area():
     assert len(source) == 4
     records = [source.load(index) for index in range(len(source))]
     labelled = sum(int(record["visible"].sum()) for record in records)
-    assert labelled == sum(sum(v > 0 for v in ann["keypoints"][2::3]) for ann in data["annotations"]) == 47
+    assert labelled == sum(_labelled(ann) for ann in data["annotations"]) == 47
     transform = _transform(CROWDPOSE14)
     for record in records:
         image = images[record["image_id"]]
@@ -146,20 +243,6 @@ def test_crowdpose_fourteen_keypoints_without_area():
         assert sample["heatmaps"].shape == (14, 32, 24)
     with pytest.raises(DataError, match=r"annotation id \d+ .*14 keypoints found \(42 values\), expected 17"):
         CocoKeypoints(ann_file, CROWDPOSE)  # the COCO-17 default does not fit
-
-
-@needs_data
-def test_coco_records_feed_the_transform():
-    source = CocoKeypoints(COCO_ANN, COCO)
-    transform = _transform(source.keypoint_info)
-    for index in range(0, len(source), 5):
-        sample = transform(source.load(index))
-        assert sample["img"].shape == (3, 64, 48)
-        assert sample["heatmaps"].shape == (17, 32, 24)
-        assert np.isfinite(sample["img"]).all()
-    detected = CocoKeypoints(COCO_ANN, COCO, det_file=COCO_DET, det_score_thr=0.9)
-    sample = transform(detected.load(0))
-    assert sample["weights"].sum() == 0  # no ground truth for detections
 
 
 def test_crowdpose14_layout():
@@ -301,45 +384,43 @@ def test_detection_for_unknown_image(tmp_path):
 # ---------------------------------------------------------------- through the CLI
 
 
-@needs_data
-@pytest.mark.parametrize("folder, ann, layout, count", [
-    (COCO, "test_coco.json", {"keypoints": "coco17"}, 17),
-    (CROWDPOSE, "test_crowdpose.json", {"keypoints": "crowdpose14"}, 14),
-    # CrowdPose expressed in the config, as a layout of one's own would be:
-    (CROWDPOSE, "test_crowdpose.json", {"keypoint_names": list(CROWDPOSE14.names),
-                                        "flip_pairs": [list(p) for p in CROWDPOSE14.flip_pairs],
-                                        "skeleton": [list(p) for p in CROWDPOSE14.skeleton],
-                                        "sigmas": list(CROWDPOSE14.sigmas)}, 14)])
-def test_training_on_coco_format_data_through_the_cli(tmp_path, folder, ann, layout, count):
-    import torch
-
-    from helpers import posecore, write_tiny_config
-
-    dataset = {"type": "CocoKeypoints", "ann_file": str(folder / ann), "img_dir": str(folder), **layout}
-    config = write_tiny_config(tmp_path, train_dataloader={"batch_size": 2, "num_workers": 0, "dataset": dataset},
+def _train_and_count_heatmaps(folder: Path, dataset: dict) -> int:
+    """Train the tiny model on ``dataset`` through the CLI; the number of heatmaps its checkpoint predicts."""
+    config = write_tiny_config(folder, train_dataloader={"batch_size": 2, "num_workers": 0, "dataset": dataset},
                                val_dataloader={"batch_size": 4, "dataset": dataset})
-    result = posecore("train", str(config), "--work-dir", str(tmp_path / "wd"))
+    result = posecore("train", str(config), "--work-dir", str(folder / "wd"))
     assert result.returncode == 0, result.stderr
     assert "Iter(val) [4]  PCK: " in result.stderr
-    weights = torch.load(tmp_path / "wd" / "iter_4.pth", weights_only=True)["model"]
-    assert weights["final.weight"].shape[0] == count  # one heatmap per keypoint of the layout
+    return torch.load(folder / "wd" / "iter_4.pth", weights_only=True)["model"]["final.weight"].shape[0]
+
+
+def test_training_on_coco_format_data_through_the_cli(tmp_path, coco_files):
+    dataset = {"type": "CocoKeypoints", "ann_file": str(coco_files.ann_file), "img_dir": str(coco_files.img_dir),
+               "keypoints": "coco17"}
+    assert _train_and_count_heatmaps(tmp_path, dataset) == 17
+
+
+@pytest.mark.parametrize("layout", [
+    {"keypoints": "crowdpose14"},
+    # CrowdPose expressed in the config, as a layout of one's own would be:
+    {"keypoint_names": list(CROWDPOSE14.names), "flip_pairs": [list(p) for p in CROWDPOSE14.flip_pairs],
+     "skeleton": [list(p) for p in CROWDPOSE14.skeleton], "sigmas": list(CROWDPOSE14.sigmas)},
+], ids=["built-in", "own"])
+def test_training_on_crowdpose_through_the_cli(tmp_path, shared_data, layout):
+    dataset = {"type": "CocoKeypoints", "ann_file": str(CROWDPOSE / "test_crowdpose.json"), "img_dir": str(CROWDPOSE),
+               **layout}
+    assert _train_and_count_heatmaps(tmp_path, dataset) == 14  # one heatmap per keypoint of the layout
 
 
 def test_coco_dataset_without_files_is_a_config_error(tmp_path):
-    from helpers import posecore, write_tiny_config
-
     config = write_tiny_config(tmp_path, val_dataloader={"dataset": {"type": "CocoKeypoints", "img_dir": "x"}})
     result = posecore("config", str(config))
     assert result.returncode == 2
     assert "val_dataloader.dataset of type CocoKeypoints needs ann_file" in result.stderr
 
 
-@needs_data
-def test_coco_metric_validation_logs_ap_and_keeps_the_best(tmp_path):
-    pytest.importorskip("pycocotools")
-    from helpers import coco_config, posecore
-
-    config = coco_config(tmp_path, det_score_thr=0.3)
+def test_coco_metric_validation_logs_ap_and_keeps_the_best(tmp_path, coco_files):
+    config = coco_config(tmp_path, coco_files, det_score_thr=0.3)
     result = posecore("train", str(config), "--work-dir", str(tmp_path / "wd"), "--cfg-options",
                       'checkpoint.save_best="AP"')
     assert result.returncode == 0, result.stderr
@@ -351,20 +432,13 @@ def test_coco_metric_validation_logs_ap_and_keeps_the_best(tmp_path):
 
 
 def test_coco_metric_needs_a_coco_validation_set(tmp_path):
-    from helpers import posecore, write_tiny_config
-
     result = posecore("config", str(write_tiny_config(tmp_path, val_evaluator={"type": "CocoMetric"})))
     assert result.returncode == 2
     assert "val_evaluator.type CocoMetric needs a CocoKeypoints val_dataloader.dataset" in result.stderr
 
 
-@needs_data
-def test_posecore_test_prints_the_metrics_and_writes_coco_results(tmp_path):
-    pytest.importorskip("pycocotools")
-    from helpers import coco_config, posecore
-    from posecore.pose.coco_eval import coco_keypoint_ap
-
-    config = coco_config(tmp_path)
+def test_posecore_test_prints_the_metrics_and_writes_coco_results(tmp_path, coco_files):
+    config = coco_config(tmp_path, coco_files)
     trained = posecore("train", str(config), "--work-dir", str(tmp_path / "wd"))
     assert trained.returncode == 0, trained.stderr
     result = posecore("test", str(config), "--checkpoint", str(tmp_path / "wd" / "iter_4.pth"),
@@ -372,12 +446,21 @@ def test_posecore_test_prints_the_metrics_and_writes_coco_results(tmp_path):
     assert result.returncode == 0, result.stderr
     table = dict(line.split() for line in result.stdout.splitlines()[1:])
     assert list(table) == ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"]
+    assert float(table["AP"]) < 0.2  # 4 iterations of the tiny model
     (written,) = (tmp_path / "test").glob("*/predictions.keypoints.json")
     results = json.loads(written.read_text())
-    assert results and {"image_id", "category_id", "keypoints", "score"} <= set(results[0])
-    assert f"{coco_keypoint_ap(COCO_ANN, written)['AP']:.4f}" == table["AP"]  # the file is what was scored
-    missing = posecore("test", str(config), "--checkpoint", str(tmp_path / "nope.pth"))
+    detections = _json(coco_files.det_file)
+    assert 0 < len(results) <= len(detections)  # one per detected box, less those OKS-NMS drops
+    assert {r["image_id"] for r in results} <= {det["image_id"] for det in detections}
+    assert all(set(r) == {"image_id", "category_id", "keypoints", "score"} and len(r["keypoints"]) == 51
+               for r in results)
+    assert f"{coco_keypoint_ap(coco_files.ann_file, written)['AP']:.4f}" == table["AP"]  # the file is what was scored
+
+
+def test_posecore_test_without_its_checkpoint_is_a_one_line_error(tmp_path, tiny_config):
+    missing = posecore("test", str(tiny_config), "--checkpoint", str(tmp_path / "nope.pth"))
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1].startswith("posecore: error: ")
 
 
 @pytest.mark.parametrize("train_layout, val_layout, message", [
@@ -390,7 +473,6 @@ def test_posecore_test_prints_the_metrics_and_writes_coco_results(tmp_path):
      "train_dataloader.dataset has 14 keypoints but val_dataloader.dataset has 17; one model predicts one layout"),
 ])
 def test_keypoint_layout_errors_name_the_key(tmp_path, train_layout, val_layout, message):
-    from helpers import write_tiny_config
     from posecore.errors import ConfigError
     from posecore.plugins import load_config
 
