@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(BIN)/python -m pip install --quiet -e ".[test]" $(addprefix -e ,$(PLUGINS))
 	touch $@
 
+# --resume: an interrupted `make train` goes on where it stopped, a finished one says it is complete.
 train: setup
-	$(BIN)/posecore train examples/quickstart.toml
+	$(BIN)/posecore train examples/quickstart.toml --resume
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -25,7 +25,7 @@ from posecore.errors import CheckpointError
 FORMAT = "posecore-checkpoint-1"
 LAST_CHECKPOINT = "last_checkpoint"
 LATEST = "latest.pth"
-_ITER_FILE = re.compile(r"^iter_(\d+)\.pth$")
+_ITER_FILE = re.compile(r"^(?:best_.+_)?iter_(\d+)\.pth$")
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -264,6 +264,20 @@ def update_pointers(work_dir: Path, checkpoint: Path) -> None:
     except OSError:  # no symlinks here (some Windows or network filesystems): keep a hard link instead
         os.link(checkpoint, tmp)
     os.replace(tmp, link)
+
+
+def checkpoints_in(work_dir: Path) -> list[Path]:
+    """The run checkpoints in ``work_dir``: ``iter_*.pth`` and ``best_*_iter_*.pth``."""
+    return [p for p in work_dir.glob("*.pth") if iteration_of(p) is not None and not p.is_symlink()]
+
+
+def drop_stale_pointers(work_dir: Path) -> None:
+    """Remove ``last_checkpoint`` and ``latest.pth`` when the file they name is gone."""
+    pointer, link = work_dir / LAST_CHECKPOINT, work_dir / LATEST
+    if pointer.is_file() and not Path(pointer.read_text(encoding="utf-8").strip()).is_file():
+        pointer.unlink()
+    if link.is_symlink() and not link.exists():
+        link.unlink()
 
 
 def prune(work_dir: Path, max_keep: int) -> None:

@@ -88,7 +88,11 @@ def train(config: Path, plugins: tuple[str, ...], cfg_options: tuple[str, ...], 
     except Exception as err:
         where = plugin_set.blame(err)
         log = run.run_dir / f"{run.run_dir.name}.log"
-        details = f"traceback in {log}" if run.rank == 0 else f"rank {run.rank}; POSECORE_DEBUG=1 shows the traceback"
+        details = "POSECORE_DEBUG=1 shows the traceback"
+        if run.rank != 0:
+            details = f"rank {run.rank}; {details}"
+        elif log.is_file():  # the run folder is made only once the inputs are checked
+            details = f"traceback in {log}"
         raise PosecoreError(f"{where + ': ' if where else ''}{type(err).__name__}: {err} ({details})") from err
 
 

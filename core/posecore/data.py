@@ -7,13 +7,14 @@ skips indices, it never loads or augments the skipped samples.
 
 from __future__ import annotations
 
+import signal
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from posecore.errors import ConfigError
+from posecore.errors import ConfigError, PosecoreError
 from posecore.rng import init_worker, mixed_rng
 from posecore.pose.coco import CocoKeypoints
 from posecore.pose.skeleton import keypoint_layout
@@ -137,3 +138,64 @@ def build_loader(config: dict[str, Any], section: str, seed: int, device: torch.
                       # or a resumed run's dropout stream would be one draw off.
                       generator=torch.Generator().manual_seed(seed))
 
+
+
+_HELD_BACK = {signal.SIGINT, signal.SIGTERM}
+
+
+def iterate(loader: DataLoader) -> Iterator[dict[str, Any]]:
+    """The batches of ``loader``, for one pass.
+
+    Its worker processes are started with SIGINT and SIGTERM blocked and then ignore them
+    (:func:`posecore.rng.init_worker`): a signal to the whole process group (``scancel``, a container
+    stop, Ctrl-C) reaches only the main process, which finishes the iteration and saves while the
+    workers keep serving it; it ends them when it is done. An error raised in a worker comes back as
+    the worker raised it, one line (the worker's traceback stays attached for the run's log).
+    Closed early, the pass ends its workers at once (persistent ones too: see :func:`close`).
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_BACK)  # forked workers inherit the mask
+    try:
+        iterator = iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_BACK)  # a signal that came meanwhile is handled now
+    try:
+        yield from iterator
+    except BaseException as err:  # an error, or closed early (GeneratorExit)
+        _shutdown(loader, iterator)
+        own = _as_raised_in_worker(err)
+        if own is err:
+            raise
+        raise own from err
+
+
+def close(loader: DataLoader | None) -> None:
+    """End ``loader``'s persistent workers (call when the run is over)."""
+    if loader is not None:
+        _shutdown(loader, getattr(loader, "_iterator", None))
+
+
+def _shutdown(loader: DataLoader, iterator: Any) -> None:
+    # torch's own shutdown: a sentinel to each worker, join, terminate the ones still busy after 5 s.
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    if getattr(loader, "_iterator", None) is iterator:  # persistent workers: never reuse ended ones
+        loader._iterator = None
+
+
+def _as_raised_in_worker(err: BaseException) -> BaseException:
+    """torch re-raises a worker's error with the worker's whole traceback as its message; give it its own
+    one-line message back (the last line of that traceback, less the exception's name)."""
+    text = str(err)
+    if not (text.startswith("Caught ") and "DataLoader worker process" in text.partition("\n")[0]):
+        return err
+    line = text.rstrip().splitlines()[-1]
+    kind = type(err)
+    for name in (f"{kind.__module__}.{kind.__qualname__}", kind.__qualname__):
+        if line.startswith(name + ": "):
+            line = line[len(name) + 2:]
+            break
+    try:
+        return kind(line)
+    except Exception:  # an exception type that wants other arguments
+        return err if isinstance(err, PosecoreError) else RuntimeError(f"in a DataLoader worker: {line}")

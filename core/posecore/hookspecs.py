@@ -61,7 +61,8 @@ def before_build(run: Run) -> None:
 
 @hookspec
 def before_train(run: Run) -> None:
-    """Called once everything is built and before the first batch is loaded: load checkpoints here."""
+    """Called once everything is built and before the first batch is loaded: load checkpoints here. The run
+    folder (``run.run_dir``) is made after it, once the work dir is known to be this run's."""
 
 
 @hookspec

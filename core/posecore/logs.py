@@ -21,21 +21,50 @@ class _Console(logging.StreamHandler):
         super().emit(record)
 
 
-def setup_logger(log: logging.Logger, path: Path | None, rank: int = 0) -> list[logging.Handler]:
-    """Send ``log`` to ``path`` and to stderr; return the handlers so the run can remove them.
+class RunLogFile(logging.Handler):
+    """The run's log file. It exists only once the run has started (so a command that fails on its
+    inputs leaves nothing behind): records before :meth:`open` are held, then written first."""
 
-    Ranks other than 0 of a distributed job (``path`` None) log warnings and errors only, to stderr.
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+        self.file: logging.FileHandler | None = None
+
+    def open(self, path: Path) -> None:
+        self.file = logging.FileHandler(path, encoding="utf-8")
+        self.file.setFormatter(self.formatter)
+        for record in self.held:
+            self.file.handle(record)
+        self.held = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.file is None:
+            self.held.append(record)
+        else:
+            self.file.emit(record)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        super().close()
+
+
+def setup_logger(log: logging.Logger, rank: int = 0) -> list[logging.Handler]:
+    """Send ``log`` to stderr and (rank 0) to a :class:`RunLogFile`, first in the list; return the handlers
+    so the run can remove them.
+
+    Ranks other than 0 of a distributed job log warnings and errors only, to stderr.
     """
     log.setLevel(logging.INFO)
     log.propagate = False
     console = _Console(sys.stderr)
     handlers: list[logging.Handler] = [console]
     fmt = _FORMAT
-    if path is None:
+    if rank != 0:
         console.setLevel(logging.WARNING)
         fmt = f"%(asctime)s - [rank {rank}] %(levelname)s - %(message)s"
     else:
-        handlers.insert(0, logging.FileHandler(path, encoding="utf-8"))
+        handlers.insert(0, RunLogFile())
     for handler in handlers:
         handler.setFormatter(logging.Formatter(fmt, "%Y/%m/%d %H:%M:%S"))
         log.addHandler(handler)

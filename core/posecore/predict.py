@@ -44,6 +44,7 @@ def predict_images(run: Run, images: Sequence[Path], weights: Path, boxes_file: 
         run.hook.before_build(run=run)
         run.build_model()
         run.load_weights(weights)
+        run.open_run_dir()
         run.model.eval()
         out = out or run.run_dir / "predictions"
         out.mkdir(parents=True, exist_ok=True)

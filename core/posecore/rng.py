@@ -54,7 +54,8 @@ def restore(state: dict[str, Any]) -> None:
 
 
 def init_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed the worker's globals from (seed, epoch, rank, worker id); ignore Ctrl-C.
+    """DataLoader ``worker_init_fn``: seed the worker's globals from (seed, epoch, rank, worker id); ignore
+    SIGINT and SIGTERM, which :func:`posecore.data.iterate` held back while the worker started.
 
     Augmentation does not use these (it draws from (seed, epoch, index)); they are seeded so that
     anything else drawing in a worker is reproducible too (torch's default is base seed + worker id).
@@ -62,7 +63,10 @@ def init_worker(worker_id: int) -> None:
     """
     import signal
 
-    # Ctrl-C reaches the whole process group; the main process stops cleanly and ends the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C and SIGTERM often reach the whole process group; the main process saves while the workers
+    # go on serving it, then ends them. Ignored before unblocked: one that arrived meanwhile is dropped.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     dataset = torch.utils.data.get_worker_info().dataset
     seed_globals(dataset.seed, dataset.epoch, int(os.environ.get("RANK", 0)), worker_id)

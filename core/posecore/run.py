@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from posecore import __version__, checkpoint, dist, rng
+from posecore import __version__, checkpoint, data, dist, rng
 from posecore.config import dumps
 from posecore.data import build_loader
 from posecore.errors import CheckpointError, ConfigError, PosecoreError, StopRun
@@ -38,6 +38,12 @@ def train(run: Run) -> None:
         hook.before_build(run=run)
         run.build()
         hook.before_train(run=run)
+        run.claim_work_dir()
+        if run.iteration >= run.max_iters:
+            run.log.info("the run in %s is complete at iteration %d (train.max_iters %d): nothing to train; raise "
+                         "train.max_iters to go on", run.work_dir, run.iteration, run.max_iters)
+            return
+        run.open_run_dir()
         run.wrap_model()
         run.start_vis()
         batches = run.train_batches()
@@ -79,6 +85,7 @@ def evaluate(run: Run, weights: Path) -> dict[str, float]:
         run.hook.before_build(run=run)
         run.build(training=False)
         run.load_weights(weights)
+        run.open_run_dir()
         metrics, results = run.score(run.hook.forward_context(run=run) or contextlib.nullcontext())
         if results:
             path = run.run_dir / "predictions.keypoints.json"
@@ -132,6 +139,7 @@ class Run:
         self.max_iters = 0
         self.best: dict[str, Any] = {}
         self.last_checkpoint: Path | None = None
+        """The newest checkpoint complete on disk (a background write counts once it is verified)."""
         self.resumed_from: Path | None = None
         self.model: torch.nn.Module | None = None
         self.train_model: torch.nn.Module | None = None
@@ -139,6 +147,9 @@ class Run:
         self._parameter_list: list[torch.nn.Parameter] = []
         self.optimizer: torch.optim.Optimizer | None = None
         self.train_loader = self.val_loader = None
+        self._train_pass: Iterator[dict[str, torch.Tensor]] | None = None
+        self._log_file: Any = None
+        self._saved_at: int | None = None  # the iteration of the last save() (its file may still be on its way)
         self.stopping: tuple[str, int] | None = None
         self.progress: Progress | None = None
         self.backends: list[Any] = []
@@ -150,8 +161,9 @@ class Run:
     # ----------------------------------------------------------------------------------- set-up
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
-        """Join the distributed job (under torchrun), create the run folder, logging and signal handlers;
-        call ``after_train``, close backends and leave the job at the end, also after an error."""
+        """Join the distributed job (under torchrun), set up logging and signal handlers; call ``after_train``,
+        close backends and loaders and leave the job at the end, also after an error. The run folder is made
+        later, by :meth:`open_run_dir`, once the inputs have been checked."""
         self.device = dist.setup(self.device, self.config["dist"]["timeout"])
         self.rank, self.world_size = dist.rank(), dist.world_size()
         try:
@@ -163,14 +175,12 @@ class Run:
 
     @contextlib.contextmanager
     def _logged(self) -> Iterator[None]:
-        self.run_dir = dist.broadcast(self._new_run_dir() if self.rank == 0 else None)
-        self.vis_dir = self.run_dir / "vis_data"
         main = self.rank == 0
-        handlers = setup_logger(self.log, self.run_dir / f"{self.run_dir.name}.log" if main else None, self.rank)
+        handlers = setup_logger(self.log, self.rank)
+        self._log_file = handlers[0] if main else None
         self.progress = Progress(sys.stderr) if main and sys.stderr.isatty() else None
         self.log.info("posecore %s, torch %s, device %s%s, %s", __version__, torch.__version__, self.device,
                       f", {self.world_size} processes" if self.world_size > 1 else "", self.plugins.header())
-        self.log.info("work dir %s, run folder %s", self.work_dir, self.run_dir)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         error: BaseException | None = None
         try:
@@ -183,19 +193,34 @@ class Run:
                                                        (), sys.exc_info()))
             raise
         finally:
-            self.writer.join()  # also after an error or a signal: never leave a checkpoint half-written
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            try:
-                self.hook.after_train(run=self, error=error)
-            finally:
-                for backend in self.backends:
-                    backend.close()
-                if self.progress is not None:
-                    self.progress.close()
+            # The clean-up runs to its end: a further signal now is only noted (raised, it would skip the rest:
+            # after_train, flushing the backends, restoring the handlers), and each step runs even if one fails.
+            for sig in previous:
+                signal.signal(sig, self._note_signal)
+            with contextlib.ExitStack() as cleanup:  # callbacks run last-in first-out
+                for sig, handler in previous.items():
+                    cleanup.callback(signal.signal, sig, handler)
                 for handler in handlers:
-                    self.log.removeHandler(handler)
-                    handler.close()
+                    cleanup.callback(handler.close)
+                    cleanup.callback(self.log.removeHandler, handler)
+                if self.progress is not None:
+                    cleanup.callback(self.progress.close)
+                for backend in self.backends:
+                    cleanup.callback(backend.close)
+                cleanup.callback(self.hook.after_train, run=self, error=error)
+                cleanup.callback(self._close_loaders)
+                cleanup.callback(self.writer.join)  # never leave a checkpoint half-written
+
+    def open_run_dir(self) -> None:
+        """Create the run folder and its log, once the inputs are checked: a command that fails on them
+        leaves nothing behind. ``vis_dir`` is the run folder's ``vis_data``, unless a resumed run continues
+        its earlier one's."""
+        self.run_dir = dist.broadcast(self._new_run_dir() if self.rank == 0 else None)
+        if not self.vis_dir.parts:
+            self.vis_dir = self.run_dir / "vis_data"
+        if self._log_file is not None:
+            self._log_file.open(self.run_dir / f"{self.run_dir.name}.log")
+        self.log.info("work dir %s, run folder %s", self.work_dir, self.run_dir)
 
     def _new_run_dir(self) -> Path:
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -207,12 +232,44 @@ class Run:
         run_dir.mkdir()
         return run_dir
 
+    def claim_work_dir(self) -> None:
+        """Refuse a work dir where this run would overwrite or prune checkpoints it does not continue.
+
+        A fresh run needs a work dir without checkpoints; a resumed run may share it only with the run it
+        continues, and one resumed from a named file (``load_from``) only up to that file's iteration. (The
+        newest checkpoint that loads is found by a plugin; later files failed to load and may be replaced.)
+        Pointers to files that are gone are removed.
+        """
+        found = sorted(checkpoint.checkpoints_in(self.work_dir), key=lambda p: (checkpoint.iteration_of(p), p.name))
+        if self.resumed_from is None:
+            others = found
+            problem = "holds checkpoints of an earlier run"
+        elif self.resumed_from.resolve().parent != self.work_dir.resolve():
+            others = found
+            problem = f"holds checkpoints of another run than {self.resumed_from}"
+        else:
+            named = self.config.get("load_from") is not None
+            others = [p for p in found if named and checkpoint.iteration_of(p) > self.iteration]
+            problem = f"holds checkpoints after iteration {self.iteration}, which resuming from " \
+                      f"{self.resumed_from.name} would overwrite"
+        if others:
+            names = ", ".join(p.name for p in others[:3]) + (f" and {len(others) - 3} more" if others[3:] else "")
+            how = "continue it with --resume, " if self.resumed_from is None else ""
+            raise ConfigError(f"work dir {self.work_dir} {problem} ({names}); {how}train into another --work-dir, "
+                              f"or move those files away")
+        if self.rank == 0:
+            checkpoint.drop_stale_pointers(self.work_dir)
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only set a flag: the loop saves and stops at the next iteration boundary. A second
         # Ctrl-C interrupts at once.
         if self.stopping is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.stopping = (f"stopped by {signal.Signals(signum).name}", 128 + signum)
+        self._note_signal(signum, frame)
+
+    def _note_signal(self, signum: int, frame: Any) -> None:
+        if self.stopping is None or self.stopping[1] == 0:  # a signal's exit code wins over a plugin's stop
+            self.stopping = (f"stopped by {signal.Signals(signum).name}", 128 + signum)
 
     def request_stop(self, reason: str) -> None:
         """End the run early and successfully: at the next iteration boundary, save a checkpoint and stop."""
@@ -277,6 +334,13 @@ class Run:
         self.train_model = torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
+    def _close_loaders(self) -> None:
+        """End the data workers: the pass in progress, and persistent ones."""
+        if self._train_pass is not None:
+            self._train_pass.close()
+        data.close(self.train_loader)
+        data.close(self.val_loader)
+
     def start_vis(self) -> None:
         """Open the vis backends and dump the config as this run uses it (drawn or resumed seed included).
 
@@ -303,7 +367,8 @@ class Run:
         while True:
             loader.sampler.set_position(self.epoch, self.epoch_batch * loader.sampler.global_batch)
             loader.dataset.epoch = self.epoch
-            for batch in loader:
+            self._train_pass = data.iterate(loader)
+            for batch in self._train_pass:
                 self.epoch_batch += 1
                 yield batch if on_cpu else {k: batch[k].to(self.device, non_blocking=True) for k in _TRAINING_INPUTS}
             self.epoch += 1
@@ -340,10 +405,21 @@ class Run:
         return code >= 0
 
     def stop(self) -> None:
-        """Act on ``stopping``: save (unless this iteration is saved), then end; a signal's stop raises StopRun."""
+        """Act on ``stopping``: save (unless this iteration is saved), wait until the file is on disk, then end;
+        a signal's stop raises StopRun. A failed write is raised instead, on every rank."""
         reason, exit_code = self.stopping
-        saved = self.last_checkpoint is not None and checkpoint.iteration_of(self.last_checkpoint) == self.iteration
-        path = self.last_checkpoint if saved else self.save()
+        if self._saved_at != self.iteration:
+            self.save()
+        failure = None
+        if self.rank == 0:
+            try:
+                self.writer.wait()
+            except CheckpointError as err:
+                failure = str(err)
+        failure = dist.broadcast(failure)
+        if failure is not None:
+            raise CheckpointError(f"{reason} at iteration {self.iteration}, but {failure}")
+        path = self.last_checkpoint
         if exit_code:
             raise StopRun(f"{reason} at iteration {self.iteration}; saved {path}; continue with --resume", exit_code)
         self.log.info("%s; stopping at iteration %d (checkpoint %s)", reason, self.iteration, path)
@@ -415,7 +491,7 @@ class Run:
         """Predict on the validation data: the metrics, and the COCO results list (empty for PCK)."""
         self.model.eval()
         batches = []
-        for batch in self.val_loader:
+        for batch in data.iterate(self.val_loader):
             pred, pred_score = self.predict(batch["img"], batch["center"], batch["scale"], forward)
             batches.append({**batch, "pred": pred, "pred_score": pred_score})
         self.model.train()
@@ -459,14 +535,18 @@ class Run:
             return
         if name not in metrics:
             raise ConfigError(f"checkpoint.save_best is '{name}' but validation gives {', '.join(metrics)}")
-        value = metrics[name]
-        better = (value > self.best["value"] if self.config["checkpoint"]["rule"] == "greater"
-                  else value < self.best["value"]) if self.best else True
+        value, rule = metrics[name], self.config["checkpoint"]["rule"]
+        if self.best and (self.best["metric"], self.best.get("rule", rule)) != (name, rule):
+            # The resumed run's record measured something else: it cannot be compared, and its file stays.
+            self.log.info("save_best is now %s (%s), was %s (%s): %s is kept and a new best record starts", name,
+                          rule, self.best["metric"], self.best.get("rule", "?"), self.best["file"])
+            self.best = {}
+        better = (value > self.best["value"] if rule == "greater" else value < self.best["value"]) if self.best else True
         if not better:
             return
         old = self.best.get("file")
         path = self.work_dir / f"best_{name}_iter_{self.iteration}.pth"
-        self.best = {"metric": name, "value": value, "iteration": self.iteration, "file": path.name}
+        self.best = {"metric": name, "rule": rule, "value": value, "iteration": self.iteration, "file": path.name}
 
         def replace_old() -> None:
             if old and old != path.name:
@@ -510,11 +590,14 @@ class Run:
 
         def publish() -> None:
             checkpoint.update_pointers(self.work_dir, path)
+            self.last_checkpoint = path
             checkpoint.prune(self.work_dir, self.config["checkpoint"]["max_keep"])
             self.log.info("saved checkpoint %s", path)
 
         self._write(path, self.state(), publish)
-        self.last_checkpoint = path
+        self._saved_at = self.iteration
+        if self.rank != 0:  # rank 0 writes; a failure is raised there, and on every rank by stop()
+            self.last_checkpoint = path
         return path
 
     def _write(self, path: Path, state: dict[str, Any], then: Callable[[], None]) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from posecore.checkpoint import atomic_write
 from posecore.config import Section
@@ -18,10 +19,16 @@ class LocalVisBackend:
     def __init__(self, vis_dir: Path, resume_step: int | None = None) -> None:
         path = vis_dir / "scalars.json"
         if resume_step is not None and path.exists():
-            # Drop what a crash left after the checkpoint we continue from: steps must not repeat.
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            atomic_write(path, lambda file: file.write("".join(kept).encode()))
+            # Drop what a crash left after the checkpoint we continue from (steps must not repeat), and a
+            # line it tore mid-write.
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            kept = [record for record in map(_record, lines) if record is not None and record["step"] <= resume_step]
+            torn = sum(1 for line in lines if line.strip() and _record(line) is None)
+            if torn:
+                logging.getLogger("posecore").warning("%s: dropped %d unreadable line(s), as a crash during a write "
+                                                      "leaves them", path, torn)
+            text = "".join(json.dumps(record) + "\n" for record in kept)
+            atomic_write(path, lambda file: file.write(text.encode()))
         self.file = open(path, "a", encoding="utf-8", buffering=1)  # line-buffered: readable while training
 
     def add_scalars(self, scalars: Mapping[str, float], step: int) -> None:
@@ -35,3 +42,12 @@ class LocalVisBackend:
 
     def close(self) -> None:
         self.file.close()
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """One ``scalars.json`` line as written, or None for a torn or foreign one."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None

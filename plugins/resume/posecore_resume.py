@@ -48,13 +48,17 @@ def before_train(run: Any) -> None:
 
 
 def latest_checkpoint(work_dir: Path, log: Any) -> tuple[dict[str, Any], Path] | None:
-    """The newest checkpoint that loads: ``last_checkpoint``'s target, else the newest ``iter_*.pth``."""
+    """The newest checkpoint that loads: ``last_checkpoint``'s target, else the newest ``iter_*.pth``.
+
+    The pointer is read as a file name in ``work_dir``: it only ever names a checkpoint there, and a work dir
+    that was copied or moved must continue its own files, not the ones at the path it was written with.
+    """
     from posecore import checkpoint
 
     candidates = []
     pointer = work_dir / checkpoint.LAST_CHECKPOINT
     if pointer.is_file():
-        candidates.append(Path(pointer.read_text(encoding="utf-8").strip()))
+        candidates.append(work_dir / Path(pointer.read_text(encoding="utf-8").strip()).name)
     candidates += sorted(work_dir.glob("iter_*.pth"), key=lambda p: checkpoint.iteration_of(p) or -1, reverse=True)
     for path in dict.fromkeys(candidates):
         try:
