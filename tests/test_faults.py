@@ -103,8 +103,9 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_resumes_exactly(tmp
     assert killed.returncode == 143, killed.stderr
     assert "DataLoader worker" not in killed.stderr and "Traceback" not in killed.stderr
     assert killed.stderr.strip().splitlines()[-1] == (
-        f"posecore: stopped by SIGTERM at iteration 11; saved {tmp_path / 'killed' / 'iter_11.pth'}; "
-        f"continue with --resume")
+        f"posecore: stopped by SIGTERM at iteration 11; saved {tmp_path / 'killed' / 'iter_11.pth'}; continue with: "
+        f"posecore train {config} --work-dir {tmp_path / 'killed'} --plugin groupkill --resume --cfg-options "
+        + " ".join(options[1:]))
     workers = json.loads(report.read_text())
     assert len(workers) == 2  # the training and the (persistent) validation worker were running
     assert not [pid for pid in workers if _alive(pid)], "a data worker outlived the run"
@@ -130,8 +131,10 @@ def test_sigterm_to_every_process_of_a_torchrun_job_with_workers_stops_every_ran
     # (torchrun itself prints a traceback of its SignalException; the ranks print none)
     assert "DataLoader worker" not in stderr and stderr.count("Traceback") == stderr.count("SignalException: "), stderr
     stops = [line for line in stderr.splitlines() if line.startswith("posecore: stopped by SIGTERM")]
-    assert stops == [f"posecore: stopped by SIGTERM at iteration 7; saved {work_dir / 'iter_7.pth'}; "
-                     f"continue with --resume"] * 2, stderr
+    assert stops == [f"posecore: stopped by SIGTERM at iteration 7; saved {work_dir / 'iter_7.pth'}; continue with: "
+                     f"the same torchrun command with: -m posecore train {config} --work-dir {work_dir} --plugin "
+                     f"groupkill --resume --cfg-options {' '.join(WORKERS)} train.max_iters=400 "
+                     f"checkpoint.interval=1000 model.norm=group"] * 2, stderr
     assert torch.load(work_dir / "iter_7.pth", weights_only=True)["loop"]["iteration"] == 7
     workers = json.loads(report.read_text())
     assert len(workers) >= 2

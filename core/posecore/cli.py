@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -219,6 +220,34 @@ def expand_cfg_options(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def resume_command(args: Sequence[str]) -> str:
+    """The command that continues the stopped ``posecore ARGS``: the same arguments, ``--resume`` in place
+    of any ``--resume [PATH]`` (under torchrun, the launcher's own arguments are not known here)."""
+    kept: list[str] = []
+    positional = 0
+    dropping_path = False
+    for arg in args:
+        if dropping_path and not arg.startswith("-") and "=" not in arg and positional >= 2:
+            dropping_path = False
+            continue  # the PATH of --resume PATH: resuming goes on from the newest checkpoint now
+        dropping_path = arg == "--resume"
+        if arg == "--resume" or arg.startswith("--resume="):
+            continue
+        if not arg.startswith("-") and (not kept or kept[-1] not in _VALUED_OPTIONS):
+            positional += 1
+        kept.append(arg)
+    pairs = [arg for i, arg in enumerate(kept) if i and kept[i - 1] == "--cfg-options"]
+    rest = [arg for i, arg in enumerate(kept) if arg != "--cfg-options" and not (i and kept[i - 1] == "--cfg-options")]
+    words = ["posecore", *rest, "--resume"] + (["--cfg-options", *pairs] if pairs else [])
+    command = shlex.join(words)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return f"the same torchrun command with: -m {command}"
+    return command
+
+
+_VALUED_OPTIONS = {"--work-dir", "--plugin", "--config", "--checkpoint", "--boxes", "--out", "--kpt-thr"}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: one clear line and an exit code for every failure (POSECORE_DEBUG=1 adds tracebacks)."""
     code = _run(expand_cfg_options(sys.argv[1:] if argv is None else argv))
@@ -245,7 +274,7 @@ def _run(args: list[str]) -> int:
         click.echo("posecore: interrupted", err=True)
         return 130
     except StopRun as stop:
-        click.echo(f"posecore: {stop}", err=True)
+        click.echo(f"posecore: {stop}; continue with: {resume_command(args)}", err=True)
         return stop.exit_code
     except PosecoreError as err:
         if os.environ.get("POSECORE_DEBUG"):

@@ -421,7 +421,7 @@ class Run:
             raise CheckpointError(f"{reason} at iteration {self.iteration}, but {failure}")
         path = self.last_checkpoint
         if exit_code:
-            raise StopRun(f"{reason} at iteration {self.iteration}; saved {path}; continue with --resume", exit_code)
+            raise StopRun(f"{reason} at iteration {self.iteration}; saved {path}", exit_code)
         self.log.info("%s; stopping at iteration %d (checkpoint %s)", reason, self.iteration, path)
 
     # ------------------------------------------------------------------------- logging, val
@@ -668,6 +668,10 @@ class Run:
                              self.world_size)
         self.last_checkpoint = self.resumed_from = Path(path)
         self.log.info("resumed from %s at iteration %d", path, self.iteration)
+        if loop.get("max_iters", self.max_iters) != self.max_iters:
+            self.log.warning("resume: the run is now %d iterations long, was %d: the learning-rate schedule is "
+                             "recomputed for the new length from iteration %d on", self.max_iters, loop["max_iters"],
+                             self.iteration)
         if state.get("vis_dir") and Path(state["vis_dir"]).is_dir():
             self.vis_dir = Path(state["vis_dir"])
             self.log.info("continuing the scalars in %s", self.vis_dir)
