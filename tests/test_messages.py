@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import posecore_resume
@@ -9,6 +11,11 @@ import pytest
 
 from helpers import posecore, write_tiny_config
 from posecore.testing import run_training
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 
 def _everything_under(folder: Path) -> list[str]:
@@ -71,3 +78,29 @@ def test_the_stop_message_gives_the_command_that_continues(tmp_path):
     assert resume_command(["train", "--work-dir", "wd", "run.toml", "--resume"]) == \
         "posecore train --work-dir wd run.toml --resume"
     assert resume_command(["train", "run.toml"]) == "posecore train run.toml --resume"
+
+
+def test_input_paths_in_a_config_file_are_relative_to_it_and_on_the_command_line_to_the_cwd(tmp_path):
+    from posecore.config import read_toml
+    from helpers import REPO
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    printed = posecore("config", str(REPO / "examples" / "coco_sample.toml"), cwd=elsewhere)
+    assert printed.returncode == 0, printed.stderr
+    merged = tomllib.loads(printed.stdout)
+    expected = (REPO.parent / "shared" / "data" / "coco").absolute()
+    assert Path(merged["train_dataloader"]["dataset"]["img_dir"]) == Path(os.path.normpath(expected))
+    assert merged["work_dir"] == "work_dirs/coco_sample"  # outputs: where the command runs
+    typed = posecore("config", str(REPO / "examples" / "coco_sample.toml"), "--cfg-options",
+                     "val_dataloader.dataset.ann_file=mine/val.json", cwd=elsewhere)
+    assert tomllib.loads(typed.stdout)["val_dataloader"]["dataset"]["ann_file"] == "mine/val.json"
+
+    config = write_tiny_config(tmp_path, train_dataloader={"batch_size": 4, "num_workers": 0, "dataset": {
+        "type": "CocoKeypoints", "ann_file": "data/nowhere.json", "img_dir": "data"}})
+    missing = posecore("train", str(config), cwd=elsewhere)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1] == (
+        f"posecore: error: train_dataloader.dataset.ann_file: {tmp_path / 'data' / 'nowhere.json'} does not exist (a "
+        f"relative path is from the config file's folder, or from the current directory on the command line)")
+    assert read_toml(config)["train_dataloader"]["dataset"]["ann_file"] == "data/nowhere.json"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ _TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "string", list: "a
 
 @dataclass(frozen=True)
 class Key:
-    """One config value: its type, default (None: unset, omitted from dumps) and meaning."""
+    """One config value: its type, default (None: unset, omitted from dumps) and meaning. ``input_path``: a
+    file or folder to read, which a config file names relative to its own folder (see :func:`check_value`)."""
 
     type: type | tuple[type, ...]
     default: Any = None
@@ -36,6 +38,7 @@ class Key:
     max: float | None = None
     item: type | None = None
     length: int | None = None
+    input_path: bool = False
 
     def type_name(self) -> str:
         types = self.type if isinstance(self.type, tuple) else (self.type,)
@@ -196,6 +199,10 @@ def check_value(value: Any, key: Key, dotted: str, origin: Origin) -> Any:
             raise ConfigError(f"{where}: '{dotted}' is {number}, must be >= {key.min:g}")
         if key.max is not None and number > key.max:
             raise ConfigError(f"{where}: '{dotted}' is {number}, must be <= {key.max:g}")
+    if key.input_path and Path(where).is_file():
+        # Written in a config file: relative to that file, so a config and its data move together and it
+        # runs from any directory. On the command line, relative to the current directory, as shells do.
+        checked = os.path.abspath(Path(where).parent / Path(checked).expanduser())
     return checked
 
 

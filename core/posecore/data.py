@@ -8,6 +8,7 @@ skips indices, it never loads or augments the skipped samples.
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -119,6 +120,11 @@ def build_loader(config: dict[str, Any], section: str, seed: int, device: torch.
     or a :class:`ShardSampler` (validation)."""
     options = config[section]
     train = section == "train_dataloader"
+    for key in _INPUT_PATHS:
+        value = options["dataset"].get(key)
+        if value is not None and not Path(value).exists():
+            raise ConfigError(f"{section}.dataset.{key}: {Path(value).absolute()} does not exist (a relative path is "
+                              f"from the config file's folder, or from the current directory on the command line)")
     source = build_source(options["dataset"], train)
     dataset = KeyedDataset(source, build_transform(config, source.keypoint_info.flip_pairs, train), seed)
     batch_size = options["batch_size"]
@@ -140,6 +146,7 @@ def build_loader(config: dict[str, Any], section: str, seed: int, device: torch.
 
 
 
+_INPUT_PATHS = ("ann_file", "img_dir", "det_file")  # checked before loading, to name the key
 _HELD_BACK = {signal.SIGINT, signal.SIGTERM}
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from posecore.config import Key, Section, Variants
 
+_RELATIVE = " Relative: from the config file's folder (from the current directory on the command line)."
+
 COCO_KEYPOINTS = Section({
-    "ann_file": Key(str, None, "COCO person-keypoints annotation JSON (required); relative paths are from the "
-                               "current directory."),
-    "img_dir": Key(str, None, "Folder holding the images named by `file_name` (required)."),
+    "ann_file": Key(str, None, "COCO person-keypoints annotation JSON (required)." + _RELATIVE, input_path=True),
+    "img_dir": Key(str, None, "Folder holding the images named by `file_name` (required)." + _RELATIVE,
+                   input_path=True),
     "keypoints": Key(str, "coco17", "Built-in keypoint layout of the file (names, flip pairs, skeleton, OKS "
                                     "sigmas); the four keys below replace its parts.",
                      choices=("coco17", "crowdpose14")),
@@ -16,7 +18,8 @@ COCO_KEYPOINTS = Section({
     "flip_pairs": Key(list, None, "0-based [left, right] index pairs that a horizontal flip swaps.", item=list),
     "skeleton": Key(list, None, "0-based [a, b] index pairs linked when drawing poses.", item=list),
     "sigmas": Key(list, None, "OKS sigma of each keypoint (COCO keypoint AP).", item=float, min=0),
-    "det_file": Key(str, None, "Detected person boxes (COCO results JSON) to use instead of the annotations' boxes."),
+    "det_file": Key(str, None, "Detected person boxes (COCO results JSON) to use instead of the annotations' boxes."
+                   + _RELATIVE, input_path=True),
     "det_score_thr": Key(float, 0.0, "Ignore detections scoring below this.", min=0, max=1),
 }, "COCO-format keypoint annotations and images (COCO, OCHuman, CrowdPose, your own data).")
 
@@ -42,9 +45,11 @@ def _dataloader(batch_size: int, num_workers: int, dataset: Variants, help: str)
 
 
 CORE_SCHEMA = {
-    "work_dir": Key(str, None, "Where checkpoints and run folders go. Default: `work_dirs/<config file stem>`."),
+    "work_dir": Key(str, None, "Where checkpoints and run folders go. Default: `work_dirs/<config file stem>`. "
+                               "Relative: from the current directory (outputs go where you work, as in MMEngine)."),
     "load_from": Key(str, None, "Checkpoint whose model weights initialise the run (iteration 0, fresh "
-                                "optimizer). With `resume = true` (posecore-resume) the run continues from it."),
+                                "optimizer). With `resume = true` (posecore-resume) the run continues from it."
+                    + _RELATIVE, input_path=True),
     "load_strict": Key(bool, True, "Whether `load_from` and `model.init_weights` must fit the model exactly; "
                                    "false loads the keys that fit (e.g. a different head) and logs the rest."),
     "plugins": Key(list, [], "Plugins to activate by name; `\"no:NAME\"` blocks one.", item=str),
@@ -74,7 +79,8 @@ CORE_SCHEMA = {
         "flip_test": Key(bool, False, "At validation, `posecore test` and `posecore predict`, also predict on the "
                                       "mirrored input and average the heatmaps (slower, usually more accurate)."),
         "init_weights": Key(str, None, "Pretrained weights (a checkpoint or a state_dict file) to start from; "
-                                       "not re-applied when a run is resumed (its checkpoint already has them)."),
+                                       "not re-applied when a run is resumed (its checkpoint already has them)."
+                            + _RELATIVE, input_path=True),
     }, "Top-down heatmap model: ResNet-style backbone and deconvolution head."),
     "train_dataloader": _dataloader(32, 1, _synthetic(20000, 0), "Training data."),
     "augment": Section({
