@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from helpers import make_plugin_dist, posecore, torchrun, write_tiny_config
+from interruptions import assert_same_run, checkpoint_names, install_interrupter, interrupt_env
 from posecore.data import EpochSampler
 
 COMMON = ["train.log_interval=1", "randomness.seed=5", "checkpoint.max_keep=0"]
@@ -132,21 +133,25 @@ def test_a_failing_rank_brings_the_job_down_with_its_error(tmp_path, probe):
     assert not (tmp_path / "wd" / "iter_20.pth").exists()
 
 
-def _wait_for(work_dir: Path, iteration: int, total: int) -> None:
-    """Until rank 0's log shows iteration ``iteration`` of ``total``."""
-    line = f"Iter(train) [{iteration:>{len(str(total))}}/{total}]"
+@pytest.fixture(scope="module")
+def interrupter(tmp_path_factory) -> Path:
+    return install_interrupter(tmp_path_factory.mktemp("interrupter"))
+
+
+def _wait_until_paused(proc, markers: Path, ranks: int = 2) -> None:
+    """Until every rank waits at the ``interrupt`` plugin's pause (each touches its marker there)."""
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        logs = list(work_dir.glob("*/*.log"))
-        if logs and line in logs[0].read_text():
-            return
+    while len(list(markers.glob("rank*"))) < ranks:
+        if proc.poll() is not None:
+            raise AssertionError(f"the job ended (exit code {proc.returncode}) before every rank paused:\n"
+                                 f"{proc.communicate()[1]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only {sorted(p.name for p in markers.glob('rank*'))} paused within 2 minutes")
         time.sleep(0.02)
-    raise AssertionError(f"{line} not logged within 2 minutes")
 
 
-def _kill_job(proc, work_dir: Path, iteration: int, total: int) -> None:
-    """SIGKILL torchrun and its workers (each in its own session) once iteration ``iteration`` is logged."""
-    _wait_for(work_dir, iteration, total)
+def _kill_job(proc) -> None:
+    """SIGKILL torchrun and its workers (each in its own session, so a signal to torchrun's group misses them)."""
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     for pid in [proc.pid, *map(int, children)]:
         os.kill(pid, signal.SIGKILL)
@@ -154,44 +159,51 @@ def _kill_job(proc, work_dir: Path, iteration: int, total: int) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_to_torchrun_saves_on_every_rank_together_and_stops(tmp_path):
-    """Preemption (SLURM, Kubernetes): torchrun passes SIGTERM on; the ranks agree on one iteration to stop at."""
-    config = write_tiny_config(tmp_path)
-    proc = torchrun("train", str(config), "--work-dir", str(tmp_path / "wd"), "--cfg-options", *COMMON,
-                    "train.max_iters=400", "checkpoint.interval=1000", popen=True)
-    _wait_for(tmp_path / "wd", 5, 400)
+def test_sigterm_to_torchrun_saves_on_every_rank_together_and_stops(tmp_path, interrupter):
+    """Preemption (SLURM, Kubernetes): torchrun passes SIGTERM on; the ranks agree on one iteration to stop at.
+    Both wait in iteration 5 until the signal reaches them."""
+    config, markers = write_tiny_config(tmp_path), tmp_path / "markers"
+    markers.mkdir()
+    proc = torchrun("train", str(config), "--work-dir", str(tmp_path / "wd"), "--plugin", "interrupt",
+                    "--cfg-options", *COMMON, "train.max_iters=20", "checkpoint.interval=100", popen=True,
+                    pythonpath=[interrupter], env=interrupt_env(5, "pause", markers=markers))
+    _wait_until_paused(proc, markers)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
-    (saved,) = (tmp_path / "wd").glob("iter_*.pth")
-    assert "stopped by SIGTERM" in stderr and "continue with --resume" in stderr
-    assert 5 <= torch.load(saved, weights_only=True)["loop"]["iteration"] < 100
+    assert "stopped by SIGTERM at iteration 5" in stderr and "--resume" in stderr.rsplit("continue with: ", 1)[-1]
+    assert [p.name for p in (tmp_path / "wd").glob("iter_*.pth")] == ["iter_5.pth"]
+    assert torch.load(tmp_path / "wd" / "iter_5.pth", weights_only=True)["loop"]["iteration"] == 5
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to find torchrun's workers")
-def test_a_killed_job_resumed_under_torchrun_continues_exactly(tmp_path):
-    """Dropout and per-rank seeds make every rank's generators matter; the checkpoint keeps each rank's."""
-    config = write_tiny_config(tmp_path)
-    options = ["--cfg-options", *COMMON, "train.max_iters=12", "checkpoint.interval=4", "train.val_interval=6",
-               "model.dropout=0.3", "randomness.diff_rank_seed=true"]
-    straight = torchrun("train", str(config), "--work-dir", str(tmp_path / "straight"), *options)
+def test_a_killed_job_resumed_under_torchrun_continues_exactly(tmp_path, interrupter):
+    """Dropout and per-rank seeds make every rank's generators matter; the checkpoint keeps each rank's.
+    Both ranks wait in iteration 6 (after checkpoint 4, before validation 6) while the job is killed."""
+    config, markers = write_tiny_config(tmp_path), tmp_path / "markers"
+    markers.mkdir()
+    options = ["--plugin", "interrupt", "--cfg-options", *COMMON, "train.max_iters=12", "checkpoint.interval=4",
+               "train.val_interval=6", "model.dropout=0.3", "randomness.diff_rank_seed=true"]
+    straight = torchrun("train", str(config), "--work-dir", str(tmp_path / "straight"), *options,
+                        pythonpath=[interrupter])
     assert straight.returncode == 0, straight.stderr
     killed_dir = tmp_path / "killed"
-    _kill_job(torchrun("train", str(config), "--work-dir", str(killed_dir), *options, popen=True), killed_dir, 6, 12)
-    assert not (killed_dir / "iter_12.pth").exists() and (killed_dir / "iter_4.pth").exists()
+    proc = torchrun("train", str(config), "--work-dir", str(killed_dir), *options, popen=True,
+                    pythonpath=[interrupter], env=interrupt_env(6, "pause", markers=markers))
+    _wait_until_paused(proc, markers)
+    _kill_job(proc)
+    assert checkpoint_names(killed_dir) == ["iter_4.pth"]
     shutil.copytree(killed_dir, tmp_path / "fewer")
-    resumed = torchrun("train", str(config), "--work-dir", str(killed_dir), "--resume", *options)
+    resumed = torchrun("train", str(config), "--work-dir", str(killed_dir), "--resume", *options,
+                       pythonpath=[interrupter])
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stderr
-    a = torch.load(tmp_path / "straight" / "iter_12.pth", weights_only=True)
-    b = torch.load(killed_dir / "iter_12.pth", weights_only=True)
-    different = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
-    assert not different, f"tensors differ: {different[:5]}"
-    assert a["loop"] == b["loop"]
+    assert f"resumed from {killed_dir / 'iter_4.pth'} at iteration 4" in resumed.stderr
+    assert_same_run(tmp_path / "straight", killed_dir)
 
     # One process goes on from the same place in the data: 2 x 4 samples per iteration became 4, so the
     # 1 batch done of epoch 1 counts as 2, and 8 more iterations end 4 batches into epoch 2 (6 per epoch).
-    alone = posecore("train", str(config), "--work-dir", str(tmp_path / "fewer"), "--resume", *options)
+    alone = posecore("train", str(config), "--work-dir", str(tmp_path / "fewer"), "--resume", *options,
+                     pythonpath=[interrupter])
     assert alone.returncode == 0, alone.stderr
     assert "was saved by 2 process(es), this job has 1" in alone.stderr
     assert "resumed from" in alone.stderr and "at iteration 4" in alone.stderr
@@ -200,20 +212,17 @@ def test_a_killed_job_resumed_under_torchrun_continues_exactly(tmp_path):
 
 
 @pytest.mark.slow
-def test_posecore_test_under_torchrun_scores_the_whole_set_like_one_process(tmp_path):
-    """Each rank predicts a share of the detections; rank 0 scores them all: the same COCO AP table."""
-    pytest.importorskip("pycocotools")
-    from helpers import COCO, REPO
+def test_posecore_test_under_torchrun_scores_the_whole_set_like_one_process(tmp_path, synthetic_coco):
+    """Each rank predicts a share of the persons; rank 0 scores them all: the same COCO AP table."""
+    from helpers import coco_sample_config
 
-    if not (COCO / "test_coco.json").is_file():
-        pytest.skip(f"shared sample data not found at {COCO}")
-    config = "examples/coco_sample.toml"  # the 12 COCO persons, scored on their ground-truth boxes
+    config = str(coco_sample_config(tmp_path, synthetic_coco))  # the generated persons, scored on their GT boxes
     trained = posecore("train", config, "--work-dir", str(tmp_path / "wd"), "--cfg-options", "train.max_iters=30",
-                       "train.val_interval=0", cwd=REPO)
+                       "train.val_interval=0")
     assert trained.returncode == 0, trained.stderr
     checkpoint = str(tmp_path / "wd" / "iter_30.pth")
-    one = posecore("test", config, "--checkpoint", checkpoint, "--work-dir", str(tmp_path / "one"), cwd=REPO)
-    two = torchrun("test", config, "--checkpoint", checkpoint, "--work-dir", str(tmp_path / "two"), cwd=REPO)
+    one = posecore("test", config, "--checkpoint", checkpoint, "--work-dir", str(tmp_path / "one"))
+    two = torchrun("test", config, "--checkpoint", checkpoint, "--work-dir", str(tmp_path / "two"))
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     table = one.stdout.strip().splitlines()
     assert table[0].split() == ["metric", "value"] and len(table) == 11
@@ -223,5 +232,5 @@ def test_posecore_test_under_torchrun_scores_the_whole_set_like_one_process(tmp_
     (single,) = (tmp_path / "one").glob("*/predictions.keypoints.json")
     ours, theirs = json.loads(written.read_text()), json.loads(single.read_text())
     assert [r["image_id"] for r in ours] == [r["image_id"] for r in theirs]  # the same persons, in the same order
-    # Batches of 6 instead of 12 take other CPU kernels: equal to float rounding.
+    # Half the batch on each rank takes other CPU kernels: equal to float rounding.
     np.testing.assert_allclose([r["keypoints"] for r in ours], [r["keypoints"] for r in theirs], rtol=1e-4, atol=1e-3)

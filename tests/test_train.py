@@ -8,13 +8,15 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from helpers import REPO, make_plugin_dist, posecore
+from interruptions import install_interrupter, interrupt_env
+from posecore.plugins import load_config
+from posecore.run import Run
 from posecore.testing import run_training
 
 if sys.version_info >= (3, 11):
@@ -53,7 +55,10 @@ def test_tiny_run_writes_the_documented_files(tiny_config, tmp_path):
     state = torch.load(work_dir / "iter_4.pth", weights_only=True)
     assert state["loop"] == {"iteration": 4, "epoch": 0, "epoch_batch": 4, "global_batch": 4, "optimizer_steps": 4,
                              "max_iters": 4}
-    assert set(state["model"]) == set(state["model"].keys()) and "final.weight" in state["model"]
+    config, plugin_set = load_config(tiny_config)
+    fresh = Run(config, plugin_set)
+    fresh.build_model()
+    assert {k: v.shape for k, v in state["model"].items()} == {k: v.shape for k, v in fresh.model.state_dict().items()}
     assert state["meta"]["posecore"] == "0.1.0" and state["meta"]["plugins"] == {"core": "0.1.0"}
     assert tomllib.loads(state["config"])["train"]["max_iters"] == 4
 
@@ -89,31 +94,19 @@ def test_non_tty_output_has_no_progress_bar_frames(tiny_config, tmp_path):
     assert result.stderr.count("Iter(train)") == 2
 
 
-def _start(config: Path, work_dir: Path, *options: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "posecore", "train", str(config), "--work-dir", str(work_dir),
-                             "--cfg-options", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_cleanly_after_saving(tiny_config, tmp_path, sig, code):
+    """The signal arrives in iteration 3 of 8: the run finishes it, saves it (not a checkpoint iteration) and stops."""
     work_dir = tmp_path / "wd"
-    proc = _start(tiny_config, work_dir, "train.max_iters=100000", "train.val_interval=0", "train.log_interval=1",
-                  "checkpoint.interval=100000")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(work_dir.glob("*/*.log")):
-        time.sleep(0.1)
-    log = next(work_dir.glob("*/*.log"))
-    while time.monotonic() < deadline and "Iter(train) [" not in log.read_text():
-        time.sleep(0.1)
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == code, stderr
-    assert f"stopped by {signal.Signals(sig).name} at iteration" in stderr
-    assert "Traceback" not in stderr
-    (saved,) = work_dir.glob("iter_*.pth")
-    stopped_at = int(re.search(r"at iteration (\d+)", stderr).group(1))
-    assert saved.name == f"iter_{stopped_at}.pth"
-    assert torch.load(saved, weights_only=True)["loop"]["iteration"] == stopped_at
+    result = posecore("train", str(tiny_config), "--work-dir", str(work_dir), "--plugin", "interrupt",
+                      "--cfg-options", "train.max_iters=8", "train.val_interval=0", "train.log_interval=1",
+                      "checkpoint.interval=100", pythonpath=[install_interrupter(tmp_path / "site")],
+                      env=interrupt_env(3, signal.Signals(sig).name))
+    assert result.returncode == code, result.stderr
+    assert f"stopped by {signal.Signals(sig).name} at iteration 3; saved {work_dir / 'iter_3.pth'}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [p.name for p in work_dir.glob("iter_*.pth")] == ["iter_3.pth"]
+    assert torch.load(work_dir / "iter_3.pth", weights_only=True)["loop"]["iteration"] == 3
 
 
 def test_plugin_that_raises_is_named_with_its_hook(tiny_config, tmp_path):

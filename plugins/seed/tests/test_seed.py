@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -89,13 +92,58 @@ def test_checkpoint_holds_the_seed_and_every_generator_state(tmp_path):
     assert "seed" not in state["plugins"]
 
 
-def test_deterministic_mode_runs(tmp_path):
-    # In a fresh process: torch.use_deterministic_algorithms(True) is process-wide and stays on.
-    work_dir = tmp_path / "wd"
-    result = posecore("train", str(write_tiny(tmp_path)), "--work-dir", str(work_dir), "--cfg-options",
-                      "randomness.seed=1", "randomness.deterministic=true")
-    assert result.returncode == 0, result.stderr
-    state = torch.load(work_dir / "iter_4.pth", weights_only=True)
-    assert state["loop"]["iteration"] == 4
-    assert tomllib.loads(state["config"])["randomness"]["deterministic"] is True
+DETERMINISM_PROBE = """
+import json, os, sys
+from pathlib import Path
 
+import torch
+import posecore_seed
+from posecore import hookimpl
+from posecore.testing import run_training
+
+
+def flags():
+    return {"cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark, "algorithms": torch.are_deterministic_algorithms_enabled(),
+            "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+
+
+class Recorder:
+    during = []
+
+    @staticmethod
+    @hookimpl
+    def after_iter(run, loss):
+        Recorder.during.append(flags())
+
+
+torch.backends.cudnn.benchmark = True  # a setting of the caller's, to be put back
+for workspace in (None, ":16:8"):  # unset, or set by the caller
+    if workspace is not None:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
+    before, Recorder.during = flags(), []
+    recording = run_training(Path(sys.argv[1], str(workspace)), plugins={"seed": posecore_seed, "recorder": Recorder},
+                             cfg_options=["plugins=['seed', 'recorder']", "randomness.seed=1",
+                                          "randomness.deterministic=true"])
+    print(json.dumps({"before": before, "during": Recorder.during, "after": flags(),
+                      "iterations": recording.run.iteration}))
+"""
+
+
+def test_deterministic_mode_holds_during_the_run_and_is_undone_after(tmp_path):
+    # In a fresh process: the flags are process-wide, and a plugin that did not restore them would leave
+    # them changed for every later test.
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    result = subprocess.run([sys.executable, "-c", DETERMINISM_PROBE, str(tmp_path)], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    runs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(runs) == 2, result.stdout
+    for workspace, seen in zip((None, ":16:8"), runs):
+        assert seen["iterations"] == 4 and len(seen["during"]) == 4
+        deterministic = {"cudnn_deterministic": True, "cudnn_benchmark": False, "algorithms": True,
+                         "CUBLAS_WORKSPACE_CONFIG": workspace or ":4096:8"}  # one the caller set is kept
+        assert seen["during"] == [deterministic] * 4
+        assert seen["before"] == {"cudnn_deterministic": False, "cudnn_benchmark": True, "algorithms": False,
+                                  "CUBLAS_WORKSPACE_CONFIG": workspace}
+        assert seen["after"] == seen["before"], "not put back after the run"

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers import posecore, write_tiny_config as write_tiny
+from interruptions import install_interrupter, interrupt_env
 
 
 
@@ -106,34 +111,42 @@ def test_a_resumed_run_continues_the_same_series_without_repeated_steps(tmp_path
     assert json_steps == list(range(1, 11))
 
 
-def test_a_real_tensorboard_server_serves_the_run(tmp_path):
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+def serve(log_dir: Path, output: Path) -> tuple[subprocess.Popen, str]:
+    """Start a TensorBoard server on a port the OS picks; the server and its URL, read from what it prints."""
+    with output.open("w") as printed:
+        server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(log_dir), "--host",
+                                   "127.0.0.1", "--port", "0", "--load_fast", "false"],
+                                  stdout=subprocess.DEVNULL, stderr=printed)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.poll() is None:
+        found = re.search(r"TensorBoard \S+ at (http://\S+?)/? \(Press CTRL\+C to quit\)", output.read_text())
+        if found:
+            return server, found.group(1)
+        time.sleep(0.2)
+    server.kill()
+    server.wait(timeout=30)
+    raise AssertionError(f"TensorBoard did not start serving within 60 s (exit code {server.returncode}):\n"
+                         f"{output.read_text()}")
 
+
+def test_a_real_tensorboard_server_serves_the_run(tmp_path):
     work_dir = tmp_path / "wd"
     result = posecore("train", str(write_tiny(tmp_path)), "--work-dir", str(work_dir), "--plugin", "tensorboard")
     assert result.returncode == 0, result.stderr
     (vis_dir,) = work_dir.glob("*/vis_data")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(vis_dir), "--host",
-                               "127.0.0.1", "--port", str(port), "--load_fast", "false"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, url = serve(vis_dir, tmp_path / "tensorboard.log")
     try:
-        deadline, tags = time.monotonic() + 60, {}
-        while time.monotonic() < deadline:
+        # The server loads event files in the background: the tags appear once it has read them.
+        deadline, tags, failure = time.monotonic() + 60, {}, None
+        while time.monotonic() < deadline and not tags.get(".") and server.poll() is None:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5) as reply:
+                with urllib.request.urlopen(f"{url}/data/plugin/scalars/tags", timeout=5) as reply:
                     tags = json.loads(reply.read())
-                if tags:
-                    break
-            except OSError:
-                pass
+            except OSError as err:
+                failure = err
             time.sleep(0.5)
+        assert tags.get("."), f"{url} served no scalars of the run within 60 s (tags {tags}, last error " \
+                              f"{failure}, server exit code {server.poll()})"
         assert {"loss", "lr", "val/PCK"} <= set(tags["."])
     finally:
         server.terminate()
@@ -141,26 +154,14 @@ def test_a_real_tensorboard_server_serves_the_run(tmp_path):
 
 
 def test_sigterm_flushes_everything_logged(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-
+    """SIGTERM in iteration 5 of 20, with a flush interval longer than the run: every step logged is in the events."""
     work_dir = tmp_path / "wd"
-    proc = subprocess.Popen([sys.executable, "-m", "posecore", "train", str(write_tiny(tmp_path)), "--work-dir",
-                             str(work_dir), "--plugin", "tensorboard", "--cfg-options", "train.max_iters=100000",
-                             "train.log_interval=1", "train.val_interval=0",
-                             "visualizer.vis_backends=[{type = \"TensorboardVisBackend\", flush_secs = 3600}]"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(work_dir.glob("*/*.log")):
-        time.sleep(0.05)
-    log = next(work_dir.glob("*/*.log"))
-    while time.monotonic() < deadline and "5/100000]" not in log.read_text():  # iteration 5 logged
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr
-    logged = int(re.search(r"at iteration (\d+)", stderr).group(1))
+    result = posecore("train", str(write_tiny(tmp_path)), "--work-dir", str(work_dir), "--plugin", "tensorboard",
+                      "--plugin", "interrupt", "--cfg-options", "train.max_iters=20", "train.log_interval=1",
+                      "train.val_interval=0",
+                      "visualizer.vis_backends=[{type = \"TensorboardVisBackend\", flush_secs = 3600}]",
+                      pythonpath=[install_interrupter(tmp_path / "site")], env=interrupt_env(5, "SIGTERM"))
+    assert result.returncode == 143, result.stderr
+    assert "stopped by SIGTERM at iteration 5" in result.stderr
     (vis_dir,) = work_dir.glob("*/vis_data")
-    assert [e.step for e in events(vis_dir).Scalars("loss")] == list(range(1, logged + 1))
+    assert [e.step for e in events(vis_dir).Scalars("loss")] == [1, 2, 3, 4, 5]
