@@ -7,8 +7,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 import torch
 
 from helpers import make_plugin_dist, posecore, torchrun, write_tiny_config
+from interruptions import assert_same_checkpoint
 from posecore import hookimpl
 from posecore.testing import run_training
 
@@ -68,27 +67,6 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _final_state(path: Path) -> dict:
-    state = torch.load(path, weights_only=True)
-    return {"model": state["model"], "optimizer": state["optimizer"], "loop": state["loop"], "best": state["best"],
-            "rng": state["rng"]}
-
-
-def _assert_same(a: object, b: object, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            _assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for index, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{index}]")
-    else:
-        assert a == b, where
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to list the data workers")
 def test_sigterm_to_the_process_group_with_workers_saves_and_resumes_exactly(tmp_path):
@@ -114,7 +92,7 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_resumes_exactly(tmp
     assert resumed.returncode == 0, resumed.stderr
     straight = posecore("train", str(config), "--work-dir", str(tmp_path / "straight"), *options)
     assert straight.returncode == 0, straight.stderr
-    _assert_same(_final_state(tmp_path / "straight" / "iter_16.pth"), _final_state(tmp_path / "killed" / "iter_16.pth"))
+    assert_same_checkpoint(tmp_path / "straight" / "iter_16.pth", tmp_path / "killed" / "iter_16.pth")
 
 
 @pytest.mark.slow
