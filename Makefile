@@ -8,7 +8,9 @@ TORCH ?= torch==2.13.0
 PLUGINS := plugins/amp plugins/resume plugins/seed plugins/tensorboard
 BIN := $(VENV)/bin
 
-.PHONY: setup train test bench reference
+DIST ?= dist
+
+.PHONY: setup train test bench reference dist
 
 setup: $(VENV)/.installed
 
@@ -31,3 +33,10 @@ bench: setup
 
 reference: setup
 	$(BIN)/posecore config --reference > docs/config.md
+
+# Wheels of the core and of each plugin in $(DIST)/, to install where there is no checkout (README: "Installing
+# without make"). Built offline with the venv's setuptools (from the test extra), not in isolated environments.
+# build/ is setuptools' staging folder: removed first, so that a file deleted from the source leaves no stale copy.
+dist: setup
+	rm -rf build $(addsuffix /build,$(PLUGINS)) $(DIST)/posecore*.whl
+	for project in . $(PLUGINS); do $(BIN)/python -m build --quiet --wheel --no-isolation --outdir $(DIST) $$project || exit 1; done

@@ -88,8 +88,8 @@ def test_predict_draws_the_whole_image_as_one_person_by_default(coco_checkpoint,
     files, config, checkpoint = coco_checkpoint
     image, _ = _crowded_image(files)
     other = next(path for path, _ in _images(files) if path != image)
-    result = posecore("predict", str(image), str(other), "--config", str(config),
-                      "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"))
+    result = posecore("predict", str(image), str(other), "--config", str(config), "--checkpoint", str(checkpoint),
+                      "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "wd"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"2 image(s) -> {tmp_path / 'out'}"
     summary = json.loads((tmp_path / "out" / "keypoints.json").read_text())
@@ -112,7 +112,8 @@ def test_predict_with_boxes_draws_each_person_where_predicted(coco_checkpoint, t
     boxes_file = tmp_path / "boxes.json"
     boxes_file.write_text(json.dumps({image.name: [boxes[0] + [0.8], boxes[1]]}))
     result = posecore("predict", str(image), "--config", str(config), "--checkpoint", str(checkpoint),
-                      "--boxes", str(boxes_file), "--kpt-thr", "0", "--out", str(tmp_path / "out"))
+                      "--boxes", str(boxes_file), "--kpt-thr", "0", "--out", str(tmp_path / "out"),
+                      "--work-dir", str(tmp_path / "wd"))
     assert result.returncode == 0, result.stderr
     persons = json.loads((tmp_path / "out" / "keypoints.json").read_text())["images"][0]["persons"]
     assert [p["bbox_score"] for p in persons] == [0.8, 1.0]
@@ -136,7 +137,7 @@ def test_predict_input_errors_are_one_line(coco_checkpoint, synthetic_coco, tmp_
     files, config, checkpoint = coco_checkpoint
     image, boxes = _crowded_image(files)
     boxes_file = tmp_path / "boxes.json"
-    common = ["--config", str(config), "--checkpoint", str(checkpoint)]
+    common = ["--config", str(config), "--checkpoint", str(checkpoint), "--work-dir", str(tmp_path / "wd")]
     for content, message in [
         ("{", "line 1, column 2"),
         ("[]", "expected a JSON object"),

@@ -193,13 +193,15 @@ def load(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Model weights from a posecore checkpoint, or from a file holding a plain state_dict."""
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """Model weights from a posecore checkpoint with the config it recorded (TOML), or from a file holding a
+    plain state_dict (config None)."""
     state = _read(Path(path))
     weights = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{path}: holds no model weights (neither a posecore checkpoint nor a state_dict)")
-    return weights
+    recorded = state.get("config") if weights is not state else None
+    return weights, recorded if isinstance(recorded, str) else None
 
 
 def _read(path: Path) -> Any:

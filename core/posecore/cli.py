@@ -23,7 +23,7 @@ Examples:
   posecore train run.toml --resume                  # continue from the latest checkpoint
   posecore train run.toml --plugin no:tensorboard   # block an installed plugin
   posecore test run.toml --checkpoint work_dirs/run/iter_1000.pth
-  posecore predict photo.jpg --config run.toml --checkpoint work_dirs/run/iter_1000.pth
+  posecore predict photo.jpg --config run.toml --checkpoint ckpt.pth --detector fasterrcnn_mobilenet_v3_large_fpn
   posecore config run.toml --cfg-options optim.lr=1e-3
   posecore plugins --config run.toml
 """
@@ -58,17 +58,19 @@ def _config_options(command: Any) -> Any:
     return command
 
 
-def _overrides(cfg_options: tuple[str, ...], work_dir: Path | None, amp: bool, resume: str | None) -> list[str]:
-    """``--cfg-options`` plus the shorthands, which are config keys too: one way to set each thing."""
-    overrides = list(cfg_options)
+def _overrides(cfg_options: tuple[str, ...], work_dir: Path | None, amp: bool,
+               resume: str | None) -> list[str | tuple[str, str]]:
+    """``--cfg-options`` plus the shorthands, which are config keys too: one way to set each thing. A
+    shorthand's override carries its flag, so that an error about its key names the flag the user typed."""
+    overrides: list[str | tuple[str, str]] = list(cfg_options)
     if work_dir is not None:
-        overrides.append(f"work_dir={json.dumps(str(work_dir))}")
+        overrides.append((f"work_dir={json.dumps(str(work_dir))}", "--work-dir"))
     if amp:
-        overrides.append("amp.enabled=true")
+        overrides.append(("amp.enabled=true", "--amp"))
     if resume is not None:
-        overrides.append("resume=true")
+        overrides.append(("resume=true", "--resume"))
         if resume != "auto":
-            overrides.append(f"load_from={json.dumps(resume)}")
+            overrides.append((f"load_from={json.dumps(resume)}", "--resume"))
     return overrides
 
 
@@ -127,20 +129,36 @@ def test(config: Path, checkpoint: Path, plugins: tuple[str, ...], cfg_options: 
               help="The checkpoint (or state_dict file) whose weights to use.")
 @click.option("--boxes", type=click.Path(dir_okay=False, path_type=Path),
               help='JSON {"image.jpg": [[x, y, w, h(, score)], ...]} of person boxes; default: the whole image.')
+@click.option("--detector", metavar="NAME[=PATH]",
+              help="Find the persons with a torchvision detector (pip install 'posecore[detect]'): NAME is "
+                   "fasterrcnn_mobilenet_v3_large_fpn (fast), fasterrcnn_mobilenet_v3_large_320_fpn (fastest), "
+                   "fasterrcnn_resnet50_fpn_v2 (most accurate) or retinanet_resnet50_fpn_v2, with torchvision's "
+                   "COCO weights from torch.hub's cache ($TORCH_HOME/hub/checkpoints, default ~/.cache/torch; "
+                   "downloaded there once). NAME=PATH uses your weights instead: PATH holds "
+                   "torch.save(model.state_dict(), PATH) of torchvision.models.detection.NAME(num_classes=91). "
+                   "Not with --boxes.")
+@click.option("--det-score-thr", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --detector: keep person boxes scoring above this (MMPose's demos use 0.3; lower finds "
+                   "more small or covered persons, and more false ones).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the drawn images and keypoints.json (default: predictions/ in the run folder).")
 @click.option("--kpt-thr", type=click.FloatRange(0, 1), default=0.3, show_default=True,
               help="Draw keypoints scoring above this.")
 @_config_options
-def predict(images: tuple[Path, ...], config_path: Path, checkpoint: Path, boxes: Path | None, out: Path | None,
-            kpt_thr: float, plugins: tuple[str, ...], cfg_options: tuple[str, ...], **shorthands: Any) -> None:
-    """Predict the poses in IMAGES: write them drawn, and keypoints.json."""
+def predict(images: tuple[Path, ...], config_path: Path, checkpoint: Path, boxes: Path | None, detector: str | None,
+            det_score_thr: float, out: Path | None, kpt_thr: float, plugins: tuple[str, ...],
+            cfg_options: tuple[str, ...], **shorthands: Any) -> None:
+    """Predict the poses in IMAGES: write them drawn, and keypoints.json.
+
+    Top-down pose needs person boxes: give --detector (or --boxes); without them each whole image is one person.
+    """
     from posecore.plugins import load_config
     from posecore.predict import predict_images
     from posecore.run import Run
 
     settings, plugin_set = load_config(config_path, _overrides(cfg_options, **shorthands), plugins)
-    folder = predict_images(Run(settings, plugin_set), images, checkpoint, boxes, out, kpt_thr)
+    folder = predict_images(Run(settings, plugin_set), images, checkpoint, boxes, out, kpt_thr, detector,
+                            det_score_thr)
     click.echo(f"{len(images)} image(s) -> {folder}")
 
 
@@ -176,7 +194,7 @@ def config(config: Path | None, reference: bool, plugins: tuple[str, ...], cfg_o
 def plugins(config_path: Path | None, as_json: bool, plugins: tuple[str, ...], cfg_options: tuple[str, ...],
             **shorthands: Any) -> None:
     """List installed plugins: name, distribution, version, hooks, and whether active."""
-    from posecore.plugins import discover, load_config, new_manager
+    from posecore.plugins import FIRST_PARTY_PROVIDES, discover, install_hint, load_config, new_manager
 
     installed = discover()
     active = None
@@ -194,7 +212,7 @@ def plugins(config_path: Path | None, as_json: bool, plugins: tuple[str, ...], c
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        click.echo("no plugins installed (pip install posecore-amp, posecore-seed, ...)")
+        click.echo(f"no plugins installed; the first-party ones: {install_hint(*FIRST_PARTY_PROVIDES.values())}")
         return
     state = {None: "-", True: "yes", False: "no"}
     table = [("NAME", "DISTRIBUTION", "VERSION", "ACTIVE", "HOOKS")] + [

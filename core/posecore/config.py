@@ -8,8 +8,10 @@ The schema is the single source of truth for keys, types, defaults, validation a
 from __future__ import annotations
 
 import difflib
+import importlib
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,23 @@ _TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "string", list: "a
 
 
 @dataclass(frozen=True)
+class Dependency:
+    """An optional module that a config value needs, and the pip line that installs it."""
+
+    module: str
+    install: str
+
+    def problem(self) -> str | None:
+        """Why ``module`` does not import here (one line), or None when it does."""
+        try:
+            importlib.import_module(self.module)
+        except Exception as err:  # a broken install fails with other errors than ImportError too
+            lines = str(err).strip().splitlines()
+            return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+        return None
+
+
+@dataclass(frozen=True)
 class Key:
     """One config value: its type, default (None: unset, omitted from dumps) and meaning. ``input_path``: a
     file or folder to read, which a config file names relative to its own folder (see :func:`check_value`)."""
@@ -39,6 +58,8 @@ class Key:
     item: type | None = None
     length: int | None = None
     input_path: bool = False
+    requires: Mapping[Any, Dependency] | None = None
+    """Values that need an optional module, e.g. ``{"CocoMetric": PYCOCOTOOLS}``."""
 
     def type_name(self) -> str:
         types = self.type if isinstance(self.type, tuple) else (self.type,)
@@ -54,6 +75,8 @@ class Section:
 
     keys: Mapping[str, Union[Key, "Section", "Variants"]]
     help: str = ""
+    requires: tuple[Dependency, ...] = ()
+    """Optional modules it needs whenever it is in the config (a ``Variants`` option: when its type is chosen)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +152,8 @@ def _value_type(value: Any) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
-def _suggest(name: str, candidates: list[str], prefix: str = "") -> str:
+def did_you_mean(name: str, candidates: list[str], prefix: str = "") -> str:
+    """`` (did you mean 'X'?)`` for the closest of ``candidates``, or an empty string."""
     close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
@@ -142,7 +166,7 @@ def validate(user: Mapping[str, Any], schema: Schema, origin: Origin, prefix: st
     unknown = [k for k in user if k not in schema]
     if unknown:
         dotted = prefix + unknown[0]
-        raise ConfigError(f"{origin(dotted)}: unknown key '{dotted}'{_suggest(unknown[0], list(schema), prefix)}")
+        raise ConfigError(f"{origin(dotted)}: unknown key '{dotted}'{did_you_mean(unknown[0], list(schema), prefix)}")
     merged: dict[str, Any] = {}
     for name, spec in schema.items():
         dotted = prefix + name
@@ -169,7 +193,7 @@ def validate_table(value: Mapping[str, Any], spec: Section | Variants, origin: O
         raise ConfigError(f"{origin(dotted)}: '{dotted}.type' is required; one of {', '.join(sorted(options))}")
     if kind not in options:
         raise ConfigError(
-            f"{origin(dotted + '.type')}: unknown {dotted}.type '{kind}'{_suggest(str(kind), list(options))}; "
+            f"{origin(dotted + '.type')}: unknown {dotted}.type '{kind}'{did_you_mean(str(kind), list(options))}; "
             f"known: {', '.join(sorted(options))}"
         )
     rest = {k: v for k, v in value.items() if k != "type"}
@@ -215,6 +239,36 @@ def _coerce(value: Any, expected: type | tuple[type, ...]) -> tuple[bool, Any]:
     return isinstance(value, types), value
 
 
+def check_dependencies(config: Mapping[str, Any], schema: Schema, origin: Origin, prefix: str = "") -> None:
+    """Raise a one-line ConfigError naming the key and the pip line for the first optional module (a
+    ``requires`` in the schema) that the validated ``config`` needs and that does not import. Called before
+    anything is built: a missing module is bad input found at once, not a failure at the first validation."""
+    for name, spec in schema.items():
+        if name not in config:
+            continue
+        dotted, value = prefix + name, config[name]
+        if isinstance(spec, Key):
+            needed = spec.requires.get(value) if spec.requires and not isinstance(value, (list, dict)) else None
+            _require((needed,) if needed else (), f"{dotted} = {_toml_value(value)}", origin(dotted))
+            continue
+        if isinstance(spec, Variants):
+            section = spec.options[value["type"]]
+            _require(section.requires, f"{dotted}.type = {_toml_value(value['type'])}", origin(dotted + ".type"))
+        else:
+            section = spec
+            _require(section.requires, f"[{dotted}]", origin(dotted))
+        check_dependencies(value, section.keys, origin, dotted + ".")
+
+
+def _require(dependencies: tuple[Dependency, ...], what: str, where: str) -> None:
+    for dependency in dependencies:
+        problem = dependency.problem()
+        if problem is not None:
+            package = dependency.module.split(".")[0]
+            raise ConfigError(f"{where}: {what} needs {package}, which does not import here ({problem}); "
+                              f"{dependency.install}")
+
+
 def _copy(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _copy(v) for k, v in value.items()}
@@ -223,11 +277,27 @@ def _copy(value: Any) -> Any:
     return value
 
 
+def loads(text: str) -> dict[str, Any]:
+    """Parse TOML text (e.g. the config a checkpoint recorded); invalid TOML is a ConfigError."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"invalid TOML: {err}") from None
+
+
+# tomli_w writes each array one item per line; an array of plain values (no arrays or tables in it) is put
+# back on one line. Each item is one line: strings are written without raw newlines (multiline_strings off).
+_PLAIN_ARRAY = re.compile(r"\[\n((?:[ ]*[^ \[\]{\n][^\n]*,\n)+)[ ]*\]")
+
+
 def dumps(config: Mapping[str, Any]) -> str:
-    """The config as TOML text (plain values first, then tables, as TOML requires)."""
+    """The config as TOML text (plain values first, then tables, as TOML requires), arrays of plain values
+    on one line (``input_size = [192, 256]``)."""
     import tomli_w
 
-    return tomli_w.dumps(config)
+    text = tomli_w.dumps(config, multiline_strings=False, indent=4)
+    return _PLAIN_ARRAY.sub(lambda match: "[" + ", ".join(line.strip()[:-1] for line in
+                                                         match.group(1).splitlines()) + "]", text)
 
 
 def reference(schemas: Mapping[str, Schema]) -> str:

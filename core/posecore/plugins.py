@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterable, Mapping
 import pluggy
 
 from posecore import __version__, hookspecs
-from posecore.config import Schema, Variants, apply_overrides, read_toml, validate, validate_table
+from posecore.config import (Schema, Variants, apply_overrides, check_dependencies, read_toml, validate,
+                             validate_table)
 from posecore.errors import ConfigError, PosecoreError
 
 ENTRY_POINT_GROUP = "posecore"
@@ -47,11 +48,26 @@ class PluginInfo:
         return f"{self.name}-{self.version}"
 
 
-def install_hint(name: str) -> str:
-    """The pip line for a plugin name (first-party names map to their distributions)."""
-    if name in FIRST_PARTY_PROVIDES.values():
-        return f"pip install posecore-{name}"
-    return f"pip install the distribution that provides the posecore plugin '{name}'"
+def install_hint(*names: str) -> str:
+    """The pip line that installs plugins ``names``. The first-party plugins are on no package index yet: when
+    the core runs from a posecore checkout (an editable install), the line installs them from it; otherwise
+    it names the distributions and where they are in a checkout."""
+    unknown = [name for name in names if name not in FIRST_PARTY_PROVIDES.values()]
+    if unknown:
+        return f"pip install the distribution that provides the posecore plugin '{unknown[0]}'"
+    distributions = " ".join(f"posecore-{name}" for name in names)
+    checkout = checkout_root()
+    if checkout is not None:
+        paths = " ".join(f"-e {checkout / 'plugins' / name}" for name in names)
+        return f"pip install {paths} ({distributions}, from this posecore checkout)"
+    paths = " ".join(f"-e plugins/{name}" for name in names)
+    return f"pip install {distributions} (in a posecore checkout: pip install {paths})"
+
+
+def checkout_root() -> Path | None:
+    """The posecore checkout this core is installed from (editable), or None (e.g. installed from a wheel)."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "plugins").is_dir() and (root / "core" / "posecore").is_dir() else None
 
 
 def core_plugin() -> PluginInfo:
@@ -219,6 +235,10 @@ def resolve(user: dict[str, Any], origin: Any, cli_plugins: Iterable[str] = (),
     except Exception as err:
         raise PosecoreError(f"{plugin_set.blame(err) or 'configure'}: {type(err).__name__}: {err}") from err
     check_requirements(config.get("require", []))
+    check_dependencies(config, all_schema, origin)
+    backends_used = {f"visualizer.vis_backends[{i}]": entry
+                     for i, entry in enumerate(config["visualizer"]["vis_backends"])}
+    check_dependencies(backends_used, dict.fromkeys(backends_used, backend_variants), origin)
     return config, plugin_set
 
 
@@ -269,24 +289,33 @@ def check_requirements(requirements: list[str]) -> None:
             req = Requirement(text)
         except InvalidRequirement as err:
             raise ConfigError(f"require: {text!r} is not a requirement ({err})") from None
+        plugin = req.name[len("posecore-"):] if req.name.startswith("posecore-") else None
+        hint = install_hint(plugin) if plugin in FIRST_PARTY_PROVIDES.values() else f"pip install '{text}'"
         try:
             version = importlib.metadata.version(req.name)
         except importlib.metadata.PackageNotFoundError:
-            raise ConfigError(f"require: {req.name} is not installed: pip install '{text}'") from None
+            raise ConfigError(f"require: {req.name} is not installed: {hint}") from None
         if not req.specifier.contains(version, prereleases=True):
-            raise ConfigError(f"require: {text} but {req.name} {version} is installed: pip install '{text}'")
+            raise ConfigError(f"require: {text} but {req.name} {version} is installed: {hint}")
 
 
-def load_config(path: str | Path, overrides: list[str] = (), cli_plugins: Iterable[str] = (),
+def load_config(path: str | Path, overrides: Iterable[str | tuple[str, str]] = (), cli_plugins: Iterable[str] = (),
                 extra: Iterable[PluginInfo] = ()) -> tuple[dict[str, Any], PluginSet]:
-    """Read a TOML config, apply ``--cfg-options`` overrides, activate plugins and validate."""
+    """Read a TOML config, apply overrides, activate plugins and validate.
+
+    An override is ``KEY=VALUE`` from ``--cfg-options``, or ``(KEY=VALUE, flag)`` for one that a shorthand
+    flag (``--amp``) stands for: errors about its key then name that flag, the one the user typed.
+    """
     path = Path(path)
     user = read_toml(path)
-    touched = apply_overrides(user, list(overrides))
+    set_by: dict[str, str] = {}
+    for override in overrides:
+        text, flag = (override, "--cfg-options") if isinstance(override, str) else override
+        set_by.update(dict.fromkeys(apply_overrides(user, [text]), flag))
 
     def origin(key: str) -> str:
-        from_cli = any(t == key or t.startswith(key + ".") or key.startswith(t + ".") for t in touched)
-        return "--cfg-options" if from_cli else str(path)
+        flags = [flag for t, flag in set_by.items() if t == key or t.startswith(key + ".") or key.startswith(t + ".")]
+        return " and ".join(dict.fromkeys(flags)) or str(path)
 
     user.setdefault("work_dir", str(Path("work_dirs") / path.stem))
     return resolve(user, origin, cli_plugins, extra=extra)

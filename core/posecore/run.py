@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from posecore import __version__, checkpoint, data, dist, rng
-from posecore.config import dumps
+from posecore.config import dumps, loads
 from posecore.data import build_loader
 from posecore.errors import CheckpointError, ConfigError, PosecoreError, StopRun
 from posecore.logs import Progress, format_scalars, setup_logger
@@ -133,6 +133,7 @@ class Run:
         self.device = _pick_device(config["device"])
         self.layout = keypoint_layout(config["val_dataloader"]["dataset"])
         self.seed: int | None = None
+        self._seed_drawn = False
         self.rank_seeds = False
         self.rank, self.world_size = 0, 1
         self.iteration = self.epoch = self.epoch_batch = self.optimizer_steps = 0
@@ -279,7 +280,10 @@ class Run:
         """Build model, optimizer and loaders (after plugins' ``before_build`` seeded the generators); not
         ``training`` (``posecore test``): only the model and the validation loader."""
         if self.seed is None:
-            self.seed = dist.broadcast(secrets.randbits(31))
+            self.seed, self._seed_drawn = dist.broadcast(secrets.randbits(31)), True
+            if training:
+                self.log.info("seed not set: drew seed %d; set randomness.seed=%d (posecore-seed) to repeat the data "
+                              "order and augmentation", self.seed, self.seed)
         self.val_loader = build_loader(self.config, "val_dataloader", self.seed, self.device, self.rank,
                                        self.world_size)
         self.build_model()
@@ -623,9 +627,27 @@ class Run:
     def load_weights(self, path: str | Path) -> None:
         """Initialise the model from a checkpoint's (or a state_dict file's) weights; ``load_strict`` applies."""
         strict = self.config["load_strict"]
-        skipped = checkpoint.load_model_weights(self.model, checkpoint.read_weights(path), path, strict)
+        weights, recorded_config = checkpoint.read_weights(path)
+        self.warn_if_trained_otherwise(recorded_config, path)
+        skipped = checkpoint.load_model_weights(self.model, weights, path, strict)
         self.log.info("loaded model weights from %s%s", path,
                       f" (load_strict = false: skipped {', '.join(skipped)})" if skipped else "")
+
+    def warn_if_trained_otherwise(self, recorded_config: str | None, path: str | Path) -> None:
+        """Warn, in one line, when the config a checkpoint recorded differs from this run's in what the weights
+        mean (model, codec, keypoint layout): such weights often load without an error and predict nonsense."""
+        try:
+            then = _trained_for(loads(recorded_config)) if recorded_config else None
+        except (ConfigError, KeyError, ValueError):  # written by another version: nothing to compare
+            then = None
+        if then is None:
+            return
+        now = _trained_for(self.config)
+        changed = [f"{key} {_brief(then.get(key))} -> {_brief(now.get(key))}" for key in dict.fromkeys([*then, *now])
+                   if then.get(key) != now.get(key)]
+        if changed and self.rank == 0:  # every rank loads it; one line says it
+            self.log.warning("%s was trained for another model, codec or keypoint layout than this config: %s", path,
+                             "; ".join(changed))
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
         """Continue from a loaded checkpoint: weights, optimizer, position, best record, plugins' and RNG state."""
@@ -633,6 +655,7 @@ class Run:
         if lacking:
             raise CheckpointError(f"{path}: cannot resume from it: it has no {', '.join(lacking)} (a weights-only "
                                   f"file?); use load_from without resume to start from its weights")
+        self.warn_if_trained_otherwise(state.get("config"), path)
         checkpoint.load_model_weights(self.model, state["model"], path)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -645,6 +668,8 @@ class Run:
         # from the same place in the epoch (to within one total batch).
         global_batch = self.train_loader.sampler.global_batch
         self.epoch_batch = loop["epoch_batch"] * loop.get("global_batch", global_batch) // global_batch
+        if self._seed_drawn:  # the seed build() drew and logged gives way to the checkpoint's
+            self.log.info("resume: continuing with the checkpoint's seed %d", state["seed"])
         self.seed, self.best = state["seed"], dict(state["best"])
         saved = state.get("plugins", {})
         for name in saved:
@@ -717,6 +742,27 @@ def _pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' asked for but CUDA is not available here; use device = \"auto\"")
     return device
+
+
+_NOT_IN_THE_WEIGHTS = ("flip_test", "init_weights", "dropout")
+"""Model keys that do not change what trained weights compute."""
+
+
+def _trained_for(config: dict[str, Any]) -> dict[str, Any]:
+    """What a model's weights mean under ``config``: model, codec and keypoint layout, as flat keys."""
+    layout = keypoint_layout(config["val_dataloader"]["dataset"])
+    return {**{f"model.{key}": value for key, value in config["model"].items() if key not in _NOT_IN_THE_WEIGHTS},
+            **{f"codec.{key}": value for key, value in config["codec"].items()},
+            "keypoints": list(layout.names), "flip_pairs": [list(pair) for pair in layout.flip_pairs]}
+
+
+def _brief(value: Any) -> str:
+    """A value for a one-line message: long arrays cut to their first items and their length."""
+    if value is None:
+        return "unset"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_brief, value[:3])) + (f", ... {len(value)} in all" if len(value) > 3 else "") + "]"
+    return str(value)
 
 
 def _options(entry: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from posecore.config import Key, Section, Variants
+from posecore.config import Dependency, Key, Section, Variants
+
+PYCOCOTOOLS = Dependency("pycocotools.cocoeval", "pip install pycocotools (the posecore[coco] extra)")
+"""COCO keypoint AP (``val_evaluator.type = "CocoMetric"``)."""
 
 _RELATIVE = " Relative: from the config file's folder (from the current directory on the command line)."
 
@@ -96,7 +99,8 @@ CORE_SCHEMA = {
     "val_evaluator": Section({
         "type": Key(str, "PCKAccuracy", "`PCKAccuracy` (logged as `PCK`) or `CocoMetric` (COCO keypoint AP via "
                                         "pycocotools, `posecore[coco]`: `AP`, `AP50`, ... `ARl`; needs a "
-                                        "CocoKeypoints validation set).", choices=("PCKAccuracy", "CocoMetric")),
+                                        "CocoKeypoints validation set).", choices=("PCKAccuracy", "CocoMetric"),
+                 requires={"CocoMetric": PYCOCOTOOLS}),
         "thr": Key(float, 0.05, "PCKAccuracy: threshold, as a fraction of the box width/height.", min=0, max=1),
         "nms_thr": Key(float, 0.9, "CocoMetric: OKS-NMS threshold among one image's instances.", min=0, max=1),
         "keypoint_score_thr": Key(float, 0.2, "CocoMetric: keypoint scores above this form the instance score.",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from posecore import hookimpl
-from posecore.config import Key, Section
+from posecore.config import Dependency, Key, Section
 
 _GT, _PREDICTED = (60, 220, 60), (235, 50, 50)
 
@@ -24,7 +24,8 @@ class TensorboardVisBackend:
     options = Section({
         "flush_secs": Key(int, 30, "Seconds between flushes to disk (and at each validation and at exit).", min=1),
         "num_images": Key(int, 8, "Validation crops drawn at each validation (0: none).", min=0),
-    }, "TensorBoard event files (posecore-tensorboard).")
+    }, "TensorBoard event files (posecore-tensorboard).",
+        requires=(Dependency("tensorboard.compat.proto.summary_pb2", "pip install tensorboard"),))
 
     def __init__(self, vis_dir: Path, resume_step: int | None = None, flush_secs: int = 30,
                  num_images: int = 8) -> None:

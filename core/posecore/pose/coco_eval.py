@@ -206,9 +206,9 @@ def coco_keypoint_ap(
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     except ImportError as error:
-        raise PosecoreError(
-            'COCO keypoint evaluation needs pycocotools: pip install "posecore[coco]"'
-        ) from error
+        from posecore.schema import PYCOCOTOOLS
+
+        raise PosecoreError(f"COCO keypoint evaluation needs pycocotools: {PYCOCOTOOLS.install}") from error
 
     dataset = _prepare_ground_truth(_load_json(ann_file, "annotation file"), ann_file)
     image_ids = {image["id"] for image in dataset["images"]}
