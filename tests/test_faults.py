@@ -309,7 +309,7 @@ def test_a_stop_whose_background_write_fails_reports_the_failure_not_a_saved_fil
 
     def save_failing_at_3(path: Path, state: dict) -> None:
         if path.name == "iter_3.pth":
-            time.sleep(0.3)  # still in flight when the loop acts on the signal
+            time.sleep(1.0)  # still in flight when the loop acts on the signal (microseconds later)
             raise OSError(28, "No space left on device")
         real_save(path, state)
 
