@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -15,7 +16,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -77,6 +78,21 @@ def train(run: Run) -> None:
                 run.save()
         if run.stop_agreed():  # also a stop that arrived during the last iteration, on every rank alike
             run.stop()
+
+
+def load_model(config: str | Path | Mapping[str, Any], weights: str | Path | None, device: str) -> torch.nn.Module:
+    """``posecore.load_model``: build the config's model without a run folder, hooks or seeding, load weights."""
+    from posecore.plugins import load_config, resolve
+
+    if isinstance(config, Mapping):
+        settings, plugins = resolve(copy.deepcopy(dict(config)), lambda key: "the config given to load_model")
+    else:
+        settings, plugins = load_config(Path(config))
+    run = Run({**settings, "device": device}, plugins)
+    run.build_model()
+    if weights is not None:
+        run.load_weights(weights)
+    return run.model.eval()
 
 
 def evaluate(run: Run, weights: Path) -> dict[str, float]:
