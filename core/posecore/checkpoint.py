@@ -270,14 +270,22 @@ def update_pointers(work_dir: Path, checkpoint: Path) -> None:
 
 def checkpoints_in(work_dir: Path) -> list[Path]:
     """The run checkpoints in ``work_dir``: ``iter_*.pth`` and ``best_*_iter_*.pth``."""
-    return [p for p in work_dir.glob("*.pth") if iteration_of(p) is not None and not p.is_symlink()]
+    return [p for p in work_dir.glob("*.pth") if iteration_of(p) is not None]
+
+
+def pointed_to(work_dir: Path) -> Path | None:
+    """The checkpoint ``last_checkpoint`` names, or None without one. It is read as a file name in
+    ``work_dir``: it only ever names a checkpoint there, and a work dir that was copied or moved must go
+    on with its own files, not the ones at the path it was written with."""
+    pointer = work_dir / LAST_CHECKPOINT
+    return work_dir / Path(pointer.read_text(encoding="utf-8").strip()).name if pointer.is_file() else None
 
 
 def drop_stale_pointers(work_dir: Path) -> None:
     """Remove ``last_checkpoint`` and ``latest.pth`` when the file they name is gone."""
-    pointer, link = work_dir / LAST_CHECKPOINT, work_dir / LATEST
-    if pointer.is_file() and not Path(pointer.read_text(encoding="utf-8").strip()).is_file():
-        pointer.unlink()
+    target, link = pointed_to(work_dir), work_dir / LATEST
+    if target is not None and not target.is_file():
+        (work_dir / LAST_CHECKPOINT).unlink()
     if link.is_symlink() and not link.exists():
         link.unlink()
 

@@ -48,17 +48,11 @@ def before_train(run: Any) -> None:
 
 
 def latest_checkpoint(work_dir: Path, log: Any) -> tuple[dict[str, Any], Path] | None:
-    """The newest checkpoint that loads: ``last_checkpoint``'s target, else the newest ``iter_*.pth``.
-
-    The pointer is read as a file name in ``work_dir``: it only ever names a checkpoint there, and a work dir
-    that was copied or moved must continue its own files, not the ones at the path it was written with.
-    """
+    """The newest checkpoint that loads: ``last_checkpoint``'s target, else the newest ``iter_*.pth``."""
     from posecore import checkpoint
 
-    candidates = []
-    pointer = work_dir / checkpoint.LAST_CHECKPOINT
-    if pointer.is_file():
-        candidates.append(work_dir / Path(pointer.read_text(encoding="utf-8").strip()).name)
+    pointed = checkpoint.pointed_to(work_dir)
+    candidates = [pointed] if pointed is not None else []
     candidates += sorted(work_dir.glob("iter_*.pth"), key=lambda p: checkpoint.iteration_of(p) or -1, reverse=True)
     for path in dict.fromkeys(candidates):
         try:
