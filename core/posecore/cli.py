@@ -242,18 +242,14 @@ def resume_command(args: Sequence[str]) -> str:
     """The command that continues the stopped ``posecore ARGS``: the same arguments, ``--resume`` in place
     of any ``--resume [PATH]`` (under torchrun, the launcher's own arguments are not known here)."""
     kept: list[str] = []
-    positional = 0
-    dropping_path = False
+    after_resume = False
     for arg in args:
-        if dropping_path and not arg.startswith("-") and "=" not in arg and positional >= 2:
-            dropping_path = False
-            continue  # the PATH of --resume PATH: resuming goes on from the newest checkpoint now
-        dropping_path = arg == "--resume"
-        if arg == "--resume" or arg.startswith("--resume="):
-            continue
-        if not arg.startswith("-") and (not kept or kept[-1] not in _VALUED_OPTIONS):
-            positional += 1
-        kept.append(arg)
+        # A word after --resume that is no option was its PATH (click took it so, or the run never started):
+        # the stopped run saved into its own work dir, so resuming goes on from the newest checkpoint there.
+        is_path = after_resume and not arg.startswith("-")
+        after_resume = arg == "--resume"
+        if not (is_path or after_resume or arg.startswith("--resume=")):
+            kept.append(arg)
     pairs = [arg for i, arg in enumerate(kept) if i and kept[i - 1] == "--cfg-options"]
     rest = [arg for i, arg in enumerate(kept) if arg != "--cfg-options" and not (i and kept[i - 1] == "--cfg-options")]
     words = ["posecore", *rest, "--resume"] + (["--cfg-options", *pairs] if pairs else [])
@@ -261,9 +257,6 @@ def resume_command(args: Sequence[str]) -> str:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return f"the same torchrun command with: -m {command}"
     return command
-
-
-_VALUED_OPTIONS = {"--work-dir", "--plugin", "--config", "--checkpoint", "--boxes", "--out", "--kpt-thr"}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
