@@ -21,9 +21,10 @@ class LocalVisBackend:
         if resume_step is not None and path.exists():
             # Drop what a crash left after the checkpoint we continue from (steps must not repeat), and a
             # line it tore mid-write.
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-            kept = [record for record in map(_record, lines) if record is not None and record["step"] <= resume_step]
-            torn = sum(1 for line in lines if line.strip() and _record(line) is None)
+            records = [_record(line) for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+                       if line.strip()]
+            kept = [record for record in records if record is not None and record["step"] <= resume_step]
+            torn = records.count(None)
             if torn:
                 logging.getLogger("posecore").warning("%s: dropped %d unreadable line(s), as a crash during a write "
                                                       "leaves them", path, torn)
