@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,11 +20,7 @@ import torch
 
 from helpers import make_plugin_dist
 from posecore import checkpoint
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
+from posecore.config import loads
 
 INTERRUPTER = '''
 """Stops its own run where INTERRUPT_AT / INTERRUPT_DURING / INTERRUPT_WITH say (tests/interruptions.py)."""
@@ -209,7 +204,7 @@ def differences(first: Any, second: Any, ignored: Iterable[tuple] = IGNORED, whe
     if where in ignored:
         return []
     if where == ("config",) and isinstance(first, str) and isinstance(second, str):
-        first, second = tomllib.loads(first), tomllib.loads(second)
+        first, second = loads(first), loads(second)
     if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor):
         if (first.dtype, first.shape) != (second.dtype, second.shape):
             return [f"{name}: {first.dtype}{list(first.shape)} vs {second.dtype}{list(second.shape)}"]

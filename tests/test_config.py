@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 from helpers import REPO, posecore
-from posecore.config import apply_overrides, parse_override, read_toml
+from posecore.config import apply_overrides, loads, parse_override, read_toml
 from posecore.errors import ConfigError
 from posecore.plugins import load_config, resolve
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
 
 
 @pytest.mark.parametrize("text, path, value", [
@@ -43,7 +37,7 @@ def test_several_pairs_after_one_flag(tiny_config):
     result = posecore("config", str(tiny_config), "--cfg-options", "randomness.seed=2023",
                       "randomness.diff_rank_seed=True", "train.max_iters=500", "--plugin", "seed")
     assert result.returncode == 0, result.stderr
-    merged = tomllib.loads(result.stdout)
+    merged = loads(result.stdout)
     assert merged["randomness"]["seed"] == 2023
     assert merged["randomness"]["diff_rank_seed"] is True
     assert merged["train"]["max_iters"] == 500
@@ -52,7 +46,7 @@ def test_several_pairs_after_one_flag(tiny_config):
 def test_config_prints_every_default_and_round_trips(tiny_config, tmp_path):
     first = posecore("config", str(tiny_config))
     assert first.returncode == 0, first.stderr
-    merged = tomllib.loads(first.stdout)
+    merged = loads(first.stdout)
     assert merged["optim"]["type"] == "AdamW" and merged["checkpoint"]["max_keep"] == 3
     assert merged["visualizer"]["vis_backends"] == [{"type": "LocalVisBackend"}]
     again = tmp_path / "again.toml"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 import torch
@@ -10,11 +9,7 @@ import torch
 import posecore
 from helpers import posecore as run_posecore, write_tiny_config
 from posecore.errors import InputError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
+from posecore.config import loads
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +37,7 @@ def test_the_model_of_a_config_with_a_checkpoints_weights_in_eval_mode(trained):
 def test_a_config_table_as_posecore_config_prints_it_builds_the_same_model(trained):
     config, weights = trained
     printed = run_posecore("config", str(config))
-    from_table = posecore.load_model(tomllib.loads(printed.stdout), weights)
+    from_table = posecore.load_model(loads(printed.stdout), weights)
     from_file = posecore.load_model(config, weights)
     crops = torch.randn(1, 3, 32, 32)
     with torch.no_grad():

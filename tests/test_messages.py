@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import posecore_resume
@@ -11,11 +10,7 @@ import pytest
 
 from helpers import posecore, write_tiny_config
 from posecore.testing import run_training
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
+from posecore.config import loads
 
 
 def _everything_under(folder: Path) -> list[str]:
@@ -88,13 +83,13 @@ def test_input_paths_in_a_config_file_are_relative_to_it_and_on_the_command_line
     elsewhere.mkdir()
     printed = posecore("config", str(REPO / "examples" / "coco_sample.toml"), cwd=elsewhere)
     assert printed.returncode == 0, printed.stderr
-    merged = tomllib.loads(printed.stdout)
+    merged = loads(printed.stdout)
     expected = (REPO.parent / "shared" / "data" / "coco").absolute()
     assert Path(merged["train_dataloader"]["dataset"]["img_dir"]) == Path(os.path.normpath(expected))
     assert merged["work_dir"] == "work_dirs/coco_sample"  # outputs: where the command runs
     typed = posecore("config", str(REPO / "examples" / "coco_sample.toml"), "--cfg-options",
                      "val_dataloader.dataset.ann_file=mine/val.json", cwd=elsewhere)
-    assert tomllib.loads(typed.stdout)["val_dataloader"]["dataset"]["ann_file"] == "mine/val.json"
+    assert loads(typed.stdout)["val_dataloader"]["dataset"]["ann_file"] == "mine/val.json"
 
     config = write_tiny_config(tmp_path, train_dataloader={"batch_size": 4, "num_workers": 0, "dataset": {
         "type": "CocoKeypoints", "ann_file": "data/nowhere.json", "img_dir": "data"}})

@@ -15,14 +15,10 @@ import torch
 
 from helpers import REPO, make_plugin_dist, posecore
 from interruptions import install_interrupter, interrupt_env
+from posecore.config import loads
 from posecore.plugins import load_config
 from posecore.run import Run
 from posecore.testing import run_training
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
 
 
 def run_dir_of(work_dir: Path) -> Path:
@@ -49,7 +45,7 @@ def test_tiny_run_writes_the_documented_files(tiny_config, tmp_path):
     assert [line["step"] for line in lines if "loss" in line] == [2, 4]
     assert [line["step"] for line in lines if "val/PCK" in line] == [2, 4]
     assert all(0.0 <= line["val/PCK"] <= 1.0 for line in lines if "val/PCK" in line)
-    dumped = tomllib.loads((run_dir / "vis_data" / "config.toml").read_text())
+    dumped = loads((run_dir / "vis_data" / "config.toml").read_text())
     assert dumped["checkpoint"]["max_keep"] == 1 and dumped["work_dir"] == str(work_dir)
 
     state = torch.load(work_dir / "iter_4.pth", weights_only=True)
@@ -60,7 +56,7 @@ def test_tiny_run_writes_the_documented_files(tiny_config, tmp_path):
     fresh.build_model()
     assert {k: v.shape for k, v in state["model"].items()} == {k: v.shape for k, v in fresh.model.state_dict().items()}
     assert state["meta"]["posecore"] == "0.1.0" and state["meta"]["plugins"] == {"core": "0.1.0"}
-    assert tomllib.loads(state["config"])["train"]["max_iters"] == 4
+    assert loads(state["config"])["train"]["max_iters"] == 4
 
 
 def test_default_work_dir_is_work_dirs_config_stem(tiny_config, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import posecore_resume
@@ -14,13 +13,9 @@ import torch
 
 from helpers import posecore, write_tiny_config
 from posecore import hookimpl
+from posecore.config import loads
 from posecore.errors import CheckpointError
 from posecore.testing import TINY_CONFIG, run_training
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
 
 
 @pytest.fixture
@@ -141,7 +136,7 @@ def test_a_resumed_run_records_the_seed_it_continues_with(tmp_path):
     first = run_training(tmp_path, plugins=plugins, cfg_options=["plugins=['seed']", "train.max_iters=2"])
     second = run_training(tmp_path, plugins=plugins, cfg_options=["plugins=['seed']", "resume=true"])
     assert second.run.seed == first.run.seed
-    recorded = tomllib.loads((second.run.vis_dir / "config.toml").read_text())
+    recorded = loads((second.run.vis_dir / "config.toml").read_text())
     assert recorded["randomness"]["seed"] == first.run.seed
 
 

@@ -14,13 +14,9 @@ import pytest
 import torch
 
 from helpers import posecore, write_tiny_config as write_tiny
+from posecore.config import loads
 from posecore.errors import ConfigError
 from posecore.testing import run_training
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
 
 
 
@@ -73,10 +69,10 @@ def test_unset_seed_is_drawn_and_appears_in_log_checkpoint_and_config(tmp_path):
 
     (run_dir,) = [p for p in work_dir.iterdir() if p.is_dir()]
     assert f"drew seed {drawn}" in (run_dir / f"{run_dir.name}.log").read_text()
-    assert tomllib.loads((run_dir / "vis_data" / "config.toml").read_text())["randomness"]["seed"] == drawn
+    assert loads((run_dir / "vis_data" / "config.toml").read_text())["randomness"]["seed"] == drawn
     state = torch.load(work_dir / "iter_4.pth", weights_only=True)
     assert state["seed"] == drawn
-    assert tomllib.loads(state["config"])["randomness"]["seed"] == drawn
+    assert loads(state["config"])["randomness"]["seed"] == drawn
     assert state["meta"]["plugins"]["seed"] == "0.1.0"
 
 
