@@ -40,7 +40,10 @@ def vis_backends() -> Mapping[str, type] | None:
     folder; ``resume_step``: None, or the step a resumed run continues after, whose later records a
     crash left behind are to be dropped), declares its options as a
     ``options: Section`` class attribute and has ``add_scalars(scalars, step)``, ``add_config(text)``,
-    ``flush()`` (after each validation) and ``close()``.
+    ``flush()`` (after each validation) and ``close()``. A backend with a ``state()`` method (plain values,
+    e.g. the id of a tracker's run) has it saved in each checkpoint; a run resumed from that checkpoint builds
+    it with ``resume_state=`` that dict, so that it continues the same tracker run.
+    :func:`posecore.vis.prediction_grid` draws the validation images a backend may log.
     """
 
 

@@ -170,6 +170,7 @@ class Run:
         self.stopping: tuple[str, int] | None = None
         self.progress: Progress | None = None
         self.backends: list[Any] = []
+        self._vis_states: dict[str, Any] = {}  # a resumed checkpoint's backend states, by backend type
         self.timer = Timer()
         self.writer = checkpoint.BackgroundWriter()
         self.plugin_data: dict[str, Any] = {}
@@ -371,8 +372,12 @@ class Run:
             return
         self.vis_dir.mkdir(parents=True, exist_ok=True)
         after = self.iteration if self.resumed_from is not None else None
-        self.backends = [self.plugins.backends[entry["type"]](self.vis_dir, resume_step=after, **_options(entry))
-                         for entry in self.config["visualizer"]["vis_backends"]]
+        self.backends = []
+        for entry in self.config["visualizer"]["vis_backends"]:
+            saved = self._vis_states.get(entry["type"])  # e.g. the id of a tracker run to continue
+            extra = {} if saved is None else {"resume_state": saved}
+            self.backends.append(self.plugins.backends[entry["type"]](self.vis_dir, resume_step=after, **extra,
+                                                                      **_options(entry)))
         text = dumps(self.config)
         (self.vis_dir / "config.toml").write_text(text, encoding="utf-8")
         for backend in self.backends:
@@ -587,6 +592,8 @@ class Run:
             "seed": self.seed,
             "rng": dist.gather(rng.capture()),  # one entry per rank
             "vis_dir": str(self.vis_dir.resolve()),
+            "vis": {entry["type"]: backend.state() for entry, backend in
+                    zip(self.config["visualizer"]["vis_backends"], self.backends) if hasattr(backend, "state")},
             "best": dict(self.best),
             "config": dumps(self.config),
             "meta": {"posecore": __version__, "torch": str(torch.__version__), "time": time.time(),
@@ -713,6 +720,7 @@ class Run:
             self.log.warning("resume: the run is now %d iterations long, was %d: the learning-rate schedule is "
                              "recomputed for the new length from iteration %d on", self.max_iters, loop["max_iters"],
                              self.iteration)
+        self._vis_states = dict(state.get("vis", {}))
         if state.get("vis_dir") and Path(state["vis_dir"]).is_dir():
             self.vis_dir = Path(state["vis_dir"])
             self.log.info("continuing the scalars in %s", self.vis_dir)

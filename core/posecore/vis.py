@@ -52,3 +52,33 @@ def _record(line: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
+def prediction_grid(run: Any, count: int) -> Any:
+    """The first ``count`` validation crops, ground truth (green) and prediction (red) drawn, as one (H, W, 3)
+    uint8 image; the model predicts in eval mode and is put back as it was."""
+    import numpy as np
+    import torch
+
+    from posecore.pose.draw import draw_pose, grid, to_uint8
+    from posecore.pose.transforms import affine_matrix, transform_points
+
+    dataset = run.val_loader.dataset
+    samples = [dataset[(0, i)] for i in range(min(count, len(dataset)))]
+    center, scale = np.stack([s["center"] for s in samples]), np.stack([s["scale"] for s in samples])
+    was_training = run.model.training
+    run.model.eval()
+    predicted, _ = run.predict(torch.from_numpy(np.stack([s["img"] for s in samples])), center, scale)
+    run.model.train(was_training)
+    input_size = tuple(run.config["codec"]["input_size"])
+    tiles = []
+    for sample, keypoints in zip(samples, predicted.numpy()):
+        to_crop = affine_matrix(sample["center"], sample["scale"], 0.0, input_size)
+        image = draw_pose(to_uint8(sample["img"]), transform_points(sample["keypoints"], to_crop), sample["visible"],
+                          run.layout.skeleton, _GROUND_TRUTH)
+        tiles.append(draw_pose(image, transform_points(keypoints, to_crop), np.ones(len(keypoints)),
+                               run.layout.skeleton, _PREDICTED))
+    return grid(tiles, columns=min(4, len(tiles)))
+
+
+_GROUND_TRUTH, _PREDICTED = (60, 220, 60), (235, 50, 50)

@@ -15,8 +15,6 @@ from typing import Any, Mapping
 from posecore import hookimpl
 from posecore.config import Dependency, Key, Section
 
-_GT, _PREDICTED = (60, 220, 60), (235, 50, 50)
-
 
 class TensorboardVisBackend:
     """Scalars, the config, images and HParams as TensorBoard events: ``tensorboard --logdir <vis_data>``."""
@@ -71,40 +69,13 @@ def _writers(run: Any) -> list[TensorboardVisBackend]:
 
 @hookimpl
 def after_val(run: Any, metrics: Mapping[str, float]) -> None:
+    from posecore.vis import prediction_grid
+
     run.plugin_data["tensorboard"] = dict(metrics)
     for backend in _writers(run):
         if backend.num_images:
-            backend.writer.add_image("val/predictions", _prediction_grid(run, backend.num_images), run.iteration,
+            backend.writer.add_image("val/predictions", prediction_grid(run, backend.num_images), run.iteration,
                                      dataformats="HWC")
-
-
-def _prediction_grid(run: Any, count: int) -> Any:
-    """The first ``count`` validation crops with ground truth and prediction drawn (model in eval mode)."""
-    import numpy as np
-    import torch
-
-    from posecore.pose.draw import draw_pose, grid, to_uint8
-    from posecore.pose.metrics import decode_heatmaps
-    from posecore.pose.transforms import affine_matrix, transform_points
-
-    dataset = run.val_loader.dataset
-    samples = [dataset[(0, i)] for i in range(min(count, len(dataset)))]
-    codec = run.config["codec"]
-    stride = np.array(codec["input_size"]) / np.array(codec["heatmap_size"])
-    was_training = run.model.training
-    run.model.eval()
-    with torch.no_grad():
-        heatmaps = run.model(torch.from_numpy(np.stack([s["img"] for s in samples])).to(run.device))
-    run.model.train(was_training)
-    predicted, _ = decode_heatmaps(heatmaps.float().cpu())
-    skeleton = dataset.source.keypoint_info.skeleton
-    tiles = []
-    for sample, coords in zip(samples, predicted.numpy()):
-        to_crop = affine_matrix(sample["center"], sample["scale"], 0.0, tuple(codec["input_size"]))
-        image = draw_pose(to_uint8(sample["img"]), transform_points(sample["keypoints"], to_crop), sample["visible"],
-                          skeleton, _GT)
-        tiles.append(draw_pose(image, (coords + 0.5) * stride - 0.5, np.ones(len(coords)), skeleton, _PREDICTED))
-    return grid(tiles, columns=min(4, len(tiles)))
 
 
 @hookimpl
