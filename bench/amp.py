@@ -18,7 +18,6 @@ import posecore_amp
 import torch
 
 from posecore.plugins import module_plugin, resolve
-from posecore.pose.model import heatmap_loss
 from posecore.run import Run
 from posecore.testing import TINY_CONFIG
 
@@ -42,7 +41,7 @@ def timed_steps(run: Run, batch: dict[str, torch.Tensor], iters: int) -> float:
     start = time.perf_counter()
     for _ in range(iters):
         with forward:
-            loss = heatmap_loss(run.model(batch["img"]), batch["heatmaps"], batch["weights"])
+            loss = run.model.loss(run.model(batch["img"]), batch)
         run.hook.backward_step(run=run, loss=loss)
     if run.device.type == "cuda":
         torch.cuda.synchronize()
@@ -60,8 +59,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = {"float32": make_run(False, args, tmp), "amp": make_run(True, args, tmp)}
-        batch = {k: v.to(runs["amp"].device) for k, v in next(iter(runs["amp"].train_loader)).items()
-                 if k in ("img", "heatmaps", "weights")}
+        batch = {k: v.to(runs["amp"].device) for k, v in next(iter(runs["amp"].train_loader)).items()}
         for run in runs.values():
             timed_steps(run, batch, 3)  # warm-up: kernels, allocator, cuDNN autotuning
         rates = {name: [] for name in runs}

@@ -32,11 +32,11 @@ from pathlib import Path
 import torch
 
 from posecore import checkpoint
-from posecore.pose.model import build_model
+from posecore.pose.model import TopDownHeatmapNet
 
 
 def build_state() -> dict:
-    model = build_model("small", stage_channels=[64, 128, 256], deconv_channels=[256, 256])
+    model = TopDownHeatmapNet(stage_channels=[64, 128, 256], deconv_channels=[256, 256])
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.randn(2, 3, 64, 48)).sum().backward()
     optimizer.step()

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from posecore.data import KeyedDataset
 from posecore.pose.coco import CocoKeypoints
+from posecore.pose.heatmap import GaussianHeatmap
 from posecore.pose.synthetic import SyntheticPoses
 from posecore.pose.transforms import TopDownTransform, affine_matrix, box_to_center_scale, invert_affine
 
@@ -95,9 +96,9 @@ def main() -> None:
         sys.exit(f"COCO sample not found at {COCO} (see ../shared/data/README.md)")
     torch.set_num_threads(1)  # a DataLoader worker's setting
     source = CocoKeypoints(COCO / "test_coco.json", COCO)
-    coco = KeyedDataset(source, TopDownTransform(input_size=SIZE, heatmap_size=HEATMAP, sigma=2.0), seed=0)
+    coco = KeyedDataset(source, TopDownTransform(GaussianHeatmap(SIZE, HEATMAP, sigma=2.0)), seed=0)
     synthetic = KeyedDataset(SyntheticPoses(10_000, (128, 128), 0),
-                             TopDownTransform(input_size=(48, 64), heatmap_size=(24, 32), sigma=1.5), seed=0)
+                             TopDownTransform(GaussianHeatmap((48, 64), (24, 32), sigma=1.5)), seed=0)
     bare = rate(bare_step(source), args.seconds)
     ours = rate(pipeline_step(coco), args.seconds)
     drawn = rate(pipeline_step(synthetic), args.seconds)

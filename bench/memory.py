@@ -47,19 +47,22 @@ def run_plain(iters: int, work_dir: str) -> None:
 
     from posecore.data import build_loader
     from posecore.plugins import load_config
-    from posecore.pose.model import build_model, heatmap_loss
+    from posecore.pose.model import TopDownHeatmapNet
+    from posecore.run import Run
 
-    config, _ = load_config(CONFIG, overrides(iters, work_dir), [])
+    config, plugins = load_config(CONFIG, overrides(iters, work_dir), [])
     torch.manual_seed(0)
-    loader = build_loader(config, "train_dataloader", 0, torch.device("cpu"))
-    model = build_model(config["model"]["preset"])
+    maker = Run(config, plugins)
+    maker.seed = 0
+    loader = build_loader(maker, "train_dataloader")
+    model = TopDownHeatmapNet(preset=config["model"]["preset"])
     optim = config["optim"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim["lr"], weight_decay=optim["weight_decay"])
     loader.sampler.set_position(0, 0)
     batches = iter(loader)
     for iteration in range(1, iters + 1):
         batch = next(batches)
-        loss = heatmap_loss(model(batch["img"]), batch["heatmaps"], batch["weights"])
+        loss = model.loss(model(batch["img"]), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

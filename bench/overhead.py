@@ -110,7 +110,7 @@ from posecore.config import read_toml
 from posecore.data import build_loader
 from posecore.errors import PosecoreError
 from posecore.plugins import load_config, resolve
-from posecore.pose.model import build_model, heatmap_loss
+from posecore.pose.model import TopDownHeatmapNet, heatmap_loss
 from posecore.run import Run, train
 from posecore.testing import TINY_CONFIG
 
@@ -179,9 +179,10 @@ class Case:
             model = NullNet()
         else:
             options = self.config["model"]
-            model = build_model(options["preset"], num_keypoints=17, stage_channels=options.get("stage_channels"),
-                                stage_blocks=options.get("stage_blocks"),
-                                deconv_channels=options.get("deconv_channels"), dropout=options["dropout"])
+            model = TopDownHeatmapNet(num_keypoints=17, preset=options["preset"],
+                                      stage_channels=options.get("stage_channels"),
+                                      stage_blocks=options.get("stage_blocks"),
+                                      deconv_channels=options.get("deconv_channels"), dropout=options["dropout"])
         return model.train()
 
     def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -204,6 +205,8 @@ class NullNet(torch.nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.final(self.pool(img))
+
+    loss = TopDownHeatmapNet.loss  # the same loss as the real model's
 
 
 def bench_user(base: dict[str, Any], work_dir: str, max_iters: int, amp: bool,
@@ -241,7 +244,7 @@ def make_case(name: str, work_dir: str, amp: bool = False, count: int = 8) -> Ca
         load_config(QUICKSTART)  # the file itself validates as it stands
     else:
         raise SystemExit(f"unknown model case {name!r}: use null, tiny or quickstart")
-    config, _ = resolve(bench_user(base, work_dir, 100, amp), lambda key: f"bench case {name}")
+    config, plugins = resolve(bench_user(base, work_dir, 100, amp), lambda key: f"bench case {name}")
     note = ""
     if name == "quickstart":  # a codec that does not fit the model would stop posecore at build: fit it, say so
         probe = Case(name, base, config, [], amp).model()
@@ -254,8 +257,10 @@ def make_case(name: str, work_dir: str, amp: bool = False, count: int = 8) -> Ca
                     f"{config['codec']['heatmap_size']}, but its model outputs {fitted} for input "
                     f"{config['codec']['input_size']} (posecore train stops at build); measured with {fitted}")
             base.setdefault("codec", {})["heatmap_size"] = fitted
-            config, _ = resolve(bench_user(base, work_dir, 100, amp), lambda key: f"bench case {name}")
-    loader = build_loader(config, "train_dataloader", SEED, torch.device("cpu"))
+            config, plugins = resolve(bench_user(base, work_dir, 100, amp), lambda key: f"bench case {name}")
+    maker = Run(config, plugins)
+    maker.seed = SEED
+    loader = build_loader(maker, "train_dataloader")
     batches = [dict(batch) for batch in itertools.islice(iter(loader), count)]
     return Case(name, base, config, batches, amp, note)
 
@@ -679,7 +684,7 @@ def components(case: Case, tmp: str) -> list[tuple[str, float, float]]:
                 break
         batches = run.train_batches()
         batch = run.timer.data(batches)
-        loss = heatmap_loss(run.model(batch["img"]), batch["heatmaps"], batch["weights"])
+        loss = run.model.loss(run.model(batch["img"]), batch)
         run.hook.backward_step(run=run, loss=loss)
         plain_batches = iter(MemoryLoader(case.batches, 1, []))
 

@@ -18,6 +18,7 @@ from posecore.pose.coco import CocoKeypoints, DataError
 from posecore.pose.coco_eval import coco_keypoint_ap
 from posecore.pose.skeleton import CROWDPOSE14
 from posecore.pose.skeleton import COCO17
+from posecore.pose.heatmap import GaussianHeatmap
 from posecore.pose.transforms import TopDownTransform
 
 OCHUMAN = SHARED_DATA / "ochuman"
@@ -29,7 +30,8 @@ def _json(path: Path):
 
 
 def _transform(info) -> TopDownTransform:
-    return TopDownTransform(input_size=(48, 64), heatmap_size=(24, 32), flip_pairs=info.flip_pairs, train=False)
+    """Crops and targets without augmentation (a training transform called without an rng)."""
+    return TopDownTransform(GaussianHeatmap((48, 64), (24, 32)), flip_pairs=info.flip_pairs)
 
 
 def _labelled(ann: dict) -> int:
@@ -228,7 +230,8 @@ def test_crowdpose_fourteen_keypoints_without_area(shared_data):
     data = _json(ann_file)
     assert all("area" not in ann for ann in data["annotations"])
     images = {image["id"]: image for image in data["images"]}
-    source = CocoKeypoints(ann_file, CROWDPOSE, keypoint_info=CROWDPOSE14)
+    source = CocoKeypoints(ann_file, CROWDPOSE, keypoints="crowdpose14")
+    assert source.keypoint_info == CROWDPOSE14
     # 4 of 5 persons have keypoints; num_keypoints undercounts (head and neck left out) and is not used.
     assert len(source) == 4
     records = [source.load(index) for index in range(len(source))]
@@ -327,7 +330,7 @@ def test_wrong_keypoint_count_names_the_annotation(tmp_path):
         CocoKeypoints(ann_file, tmp_path)
     assert _one_line(error) == (
         f"annotation file {ann_file}: annotation id 42 (image id 7): 16 keypoints found (48 values), "
-        f"expected 17 (51 values); use a keypoint_info that matches the dataset"
+        f"expected 17 (51 values); set the dataset's keypoints (or keypoint_names, flip_pairs, skeleton and sigmas) to match the file"
     )
 
 

@@ -43,7 +43,7 @@ def test_installed_plugin_is_listed_with_its_hooks(site, tiny_config):
     assert result.returncode == 0, result.stderr
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["counter"] == {"name": "counter", "distribution": "posecore-counter", "version": "1.2.3",
-                               "hooks": ["after_iter", "config_schema", "save_state"], "active": None}
+                               "hooks": ["after_iter", "config_schema", "save_state"], "types": {}, "active": None}
     table = posecore("plugins", "--config", str(tiny_config), "--plugin", "counter", pythonpath=[site])
     line = next(line for line in table.stdout.splitlines() if line.startswith("counter"))
     assert line.split()[:4] == ["counter", "posecore-counter", "1.2.3", "yes"]

@@ -13,7 +13,8 @@ from PIL import Image
 
 from helpers import SHARED_COCO, CocoFiles, coco_config, coco_sample_config, posecore
 from posecore.pose.coco import CocoKeypoints
-from posecore.pose.metrics import decode_heatmaps, heatmap_to_image
+from posecore.evaluation import predict
+from posecore.pose.heatmap import GaussianHeatmap, decode_heatmaps, heatmap_to_image
 from posecore.pose.transforms import TopDownTransform, flip_order
 from posecore.testing import run_training
 
@@ -26,7 +27,7 @@ def _labelled_annotations(files: CocoFiles) -> list[dict]:
 def test_keypoints_survive_crop_heatmap_decode_and_inverse_within_a_pixel(coco_files):
     source = CocoKeypoints(coco_files.ann_file, coco_files.img_dir)
     # MMPose's usual codec: 192x256 input, 48x64 heatmaps (4 image pixels per heatmap pixel for a 300 px person).
-    transform = TopDownTransform(input_size=(192, 256), heatmap_size=(48, 64), sigma=2.0, train=False)
+    transform = TopDownTransform(GaussianHeatmap((192, 256), (48, 64), sigma=2.0))  # no rng: no augmentation
     samples = [transform(source.load(index)) for index in range(len(source))]
     heatmaps = torch.as_tensor(np.stack([s["heatmaps"] for s in samples]))
     coords, _ = decode_heatmaps(heatmaps)
@@ -50,8 +51,8 @@ def test_flip_test_averages_mirrored_heatmaps_with_left_and_right_swapped(tmp_pa
     order = flip_order(17, run.layout.flip_pairs)
 
     def mirror_error() -> float:
-        pred, _ = run.predict(images, center, scale)
-        mirrored_pred, _ = run.predict(images.flip(-1), center, scale)
+        pred, _ = predict(run, images, center, scale)
+        mirrored_pred, _ = predict(run, images.flip(-1), center, scale)
         expected = pred[:, order].clone()
         expected[..., 0] = 2 * center[0, 0] - expected[..., 0]  # mirror about the crop centre
         return float((mirrored_pred - expected).abs().max())

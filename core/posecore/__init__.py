@@ -16,14 +16,14 @@ hookimpl = pluggy.HookimplMarker("posecore")
 """Marker for plugin hook implementations: ``@posecore.hookimpl``."""
 
 
-
 def load_model(config: str | os.PathLike[str] | Mapping[str, Any], checkpoint: str | os.PathLike[str] | None = None,
                device: str = "cpu") -> torch.nn.Module:
     """The model ``config`` describes (a TOML file, or a config table as ``posecore config`` prints it), with
     the weights of ``checkpoint`` (any file ``posecore test`` accepts) loaded, in eval mode on ``device``.
 
     Called on normalised crops ``(N, 3, H, W)`` (the codec's ``input_size``) it returns the raw head output:
-    heatmaps ``(N, K, h, w)``. Bad input raises :class:`posecore.errors.InputError` with a one-line message.
+    heatmaps ``(N, K, h, w)`` for the heatmap models, a tuple for heads with several outputs (whatever the model
+    type's ``forward`` returns: :mod:`posecore.protocols`). Bad input raises :class:`posecore.errors.InputError` with a one-line message.
     """
     from posecore.run import load_model as load
 

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from posecore import hookimpl
 from posecore.errors import ConfigError
-from posecore.pose.skeleton import keypoint_layout
 from posecore.schema import CORE_SCHEMA
 from posecore.vis import LocalVisBackend
 
@@ -29,29 +28,42 @@ def vis_backends() -> dict[str, type]:
     return {"LocalVisBackend": LocalVisBackend}
 
 
+# References, not classes: `posecore plugins` lists the types without importing torch.
+@hookimpl
+def model_types() -> dict[str, str]:
+    return {"TopDownHeatmapNet": "posecore.pose.model:TopDownHeatmapNet"}
+
+
+@hookimpl
+def dataset_types() -> dict[str, str]:
+    return {"SyntheticPoses": "posecore.pose.synthetic:SyntheticPoses", "CocoKeypoints": "posecore.pose.coco:CocoKeypoints"}
+
+
+@hookimpl
+def codec_types() -> dict[str, str]:
+    return {"GaussianHeatmap": "posecore.pose.heatmap:GaussianHeatmap"}
+
+
+@hookimpl
+def metric_types() -> dict[str, str]:
+    return {"PCKAccuracy": "posecore.pose.metrics:PCKAccuracy", "CocoMetric": "posecore.pose.coco_eval:CocoMetric"}
+
+
 @hookimpl(trylast=True)
 def configure(config: dict[str, Any]) -> None:
     train = config["train"]
     if ("max_iters" in train) == ("max_epochs" in train):
         raise ConfigError("set exactly one of train.max_iters and train.max_epochs")
-    layouts = []
     for section in ("train_dataloader", "val_dataloader"):
         dataset = config[section]["dataset"]
         missing = [k for k in ("ann_file", "img_dir") if dataset["type"] == "CocoKeypoints" and k not in dataset]
         if missing:
             raise ConfigError(f"{section}.dataset of type CocoKeypoints needs {' and '.join(missing)}")
-        try:
-            layouts.append(keypoint_layout(dataset).num_keypoints)
-        except ValueError as err:
-            raise ConfigError(f"{section}.dataset: {err}") from None
-    if layouts[0] != layouts[1]:
-        raise ConfigError(f"train_dataloader.dataset has {layouts[0]} keypoints but val_dataloader.dataset has "
-                          f"{layouts[1]}; one model predicts one layout")
     if config["val_evaluator"]["type"] == "CocoMetric" and config["val_dataloader"]["dataset"]["type"] != \
             "CocoKeypoints":
         raise ConfigError("val_evaluator.type CocoMetric needs a CocoKeypoints val_dataloader.dataset")
     codec = config["codec"]
-    if any(i % h for i, h in zip(codec["input_size"], codec["heatmap_size"])):
+    if codec["type"] == "GaussianHeatmap" and any(i % h for i, h in zip(codec["input_size"], codec["heatmap_size"])):
         raise ConfigError(f"codec.input_size {codec['input_size']} must be a multiple of codec.heatmap_size "
                           f"{codec['heatmap_size']}")
 

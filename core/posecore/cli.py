@@ -165,25 +165,28 @@ def predict(images: tuple[Path, ...], config_path: Path, checkpoint: Path, boxes
 @cli.command(epilog=EXAMPLES)
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--reference", is_flag=True, help="Print the Markdown reference of every key instead.")
+@click.option("--explain", is_flag=True, help="Print each key with where its value came from: file and line, base "
+                                               "file, flag, ${...} reference or default.")
 @_config_options
-def config(config: Path | None, reference: bool, plugins: tuple[str, ...], cfg_options: tuple[str, ...],
+def config(config: Path | None, reference: bool, explain: bool, plugins: tuple[str, ...], cfg_options: tuple[str, ...],
            **shorthands: Any) -> None:
     """Print the merged, validated CONFIG with every default, as TOML."""
     from posecore import config as config_module
-    from posecore.plugins import call_each, core_plugin, discover, new_manager
 
     if reference:
-        pm = new_manager()
-        for plugin in [core_plugin()] + discover():
-            pm.register(plugin.module, name=plugin.name)
-        click.echo(config_module.reference(call_each(pm, "config_schema")))
+        from posecore.plugins import reference_page
+
+        click.echo(reference_page())
         return
     if config is None:
         raise click.UsageError("missing CONFIG (or --reference)")
+    from posecore.compose import compose
     from posecore.plugins import load_config
 
-    settings, _ = load_config(config, _overrides(cfg_options, **shorthands), plugins)
-    click.echo(config_module.dumps(settings), nl=False)
+    overrides = _overrides(cfg_options, **shorthands)
+    settings, _ = load_config(config, overrides, plugins)
+    # Composing again is cheap and gives where each value came from, for the config load_config validated.
+    click.echo(compose(config, overrides).explain(settings) if explain else config_module.dumps(settings), nl=False)
 
 
 @cli.command()
@@ -193,8 +196,9 @@ def config(config: Path | None, reference: bool, plugins: tuple[str, ...], cfg_o
 @_config_options
 def plugins(config_path: Path | None, as_json: bool, plugins: tuple[str, ...], cfg_options: tuple[str, ...],
             **shorthands: Any) -> None:
-    """List installed plugins: name, distribution, version, hooks, and whether active."""
-    from posecore.plugins import FIRST_PARTY_PROVIDES, discover, install_hint, load_config, new_manager
+    """List installed plugins: name, distribution, version, whether active, the component types they provide
+    (models, datasets, codecs, metrics, vis backends) and the hooks they implement."""
+    from posecore.plugins import FIRST_PARTY_PROVIDES, discover, install_hint, load_config, new_manager, provided_types
 
     installed = discover()
     active = None
@@ -206,8 +210,9 @@ def plugins(config_path: Path | None, as_json: bool, plugins: tuple[str, ...], c
         pm = new_manager()
         pm.register(plugin.module, name=plugin.name)
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin.module) or [])
+        types = {kind: sorted(named) for kind, named in provided_types(pm).items() if named}
         rows.append({"name": plugin.name, "distribution": plugin.dist, "version": plugin.version, "hooks": hooks,
-                     "active": None if active is None else plugin.name in active})
+                     "types": types, "active": None if active is None else plugin.name in active})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -215,11 +220,13 @@ def plugins(config_path: Path | None, as_json: bool, plugins: tuple[str, ...], c
         click.echo(f"no plugins installed; the first-party ones: {install_hint(*FIRST_PARTY_PROVIDES.values())}")
         return
     state = {None: "-", True: "yes", False: "no"}
-    table = [("NAME", "DISTRIBUTION", "VERSION", "ACTIVE", "HOOKS")] + [
-        (r["name"], r["distribution"], r["version"], state[r["active"]], ", ".join(r["hooks"])) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    table = [("NAME", "DISTRIBUTION", "VERSION", "ACTIVE", "TYPES", "HOOKS")] + [
+        (r["name"], r["distribution"], r["version"], state[r["active"]],
+         "; ".join(f"{kind}: {', '.join(names)}" for kind, names in r["types"].items()) or "-", ", ".join(r["hooks"]))
+        for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
     for row in table:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[5])
 
 
 def expand_cfg_options(argv: Sequence[str]) -> list[str]:

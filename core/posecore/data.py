@@ -15,11 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from posecore.config import Key
 from posecore.errors import ConfigError, PosecoreError
 from posecore.rng import init_worker, mixed_rng
-from posecore.pose.coco import CocoKeypoints
-from posecore.pose.skeleton import keypoint_layout
-from posecore.pose.synthetic import SyntheticPoses
 from posecore.pose.transforms import TopDownTransform
 
 
@@ -93,60 +91,48 @@ class ShardSampler(Sampler):
         return ((0, i) for i in self.indices)
 
 
-def build_source(dataset: dict[str, Any], train: bool) -> Any:
-    """The record source for a validated ``*_dataloader.dataset`` table."""
-    options = {k: v for k, v in dataset.items() if k != "type"}
-    if dataset["type"] == "SyntheticPoses":
-        return SyntheticPoses(options["num_samples"], tuple(options["image_size"]), options["seed"])
-    if dataset["type"] == "CocoKeypoints":
-        return CocoKeypoints(options["ann_file"], options["img_dir"], keypoint_layout(dataset), options.get("det_file"),
-                             options["det_score_thr"], train=train)
-    raise AssertionError(f"dataset type {dataset['type']} passed validation but has no builder")
-
-
-def build_transform(config: dict[str, Any], flip_pairs: Any, train: bool) -> TopDownTransform:
-    """The top-down transform the config's codec and augmentation describe (no augmentation unless ``train``)."""
-    codec, augment = config["codec"], config["augment"]
+def build_transform(config: dict[str, Any], codec: Any, flip_pairs: Any, train: bool) -> TopDownTransform:
+    """The top-down transform that ``codec`` and the config's augmentation describe (no augmentation and no
+    targets unless ``train``)."""
+    augment = config["augment"]
     return TopDownTransform(
-        input_size=tuple(codec["input_size"]), heatmap_size=tuple(codec["heatmap_size"]), sigma=codec["sigma"],
-        flip_pairs=flip_pairs, train=train, flip_prob=augment["flip_prob"],
+        codec, flip_pairs=flip_pairs, train=train, flip_prob=augment["flip_prob"],
         scale_factor=augment["scale_factor"], rotate_factor=augment["rotate_factor"],
         rotate_prob=augment["rotate_prob"], padding=augment["padding"])
 
 
-def build_loader(config: dict[str, Any], section: str, seed: int, device: torch.device, rank: int = 0,
-                 world_size: int = 1) -> DataLoader:
-    """A DataLoader over ``config[section]``: this rank's share, from an :class:`EpochSampler` (training)
-    or a :class:`ShardSampler` (validation)."""
-    options = config[section]
+def build_loader(run: Any, section: str) -> DataLoader:
+    """A DataLoader over ``run.config[section]``: the records of its dataset type, cropped and encoded by the run's
+    codec; this rank's share, from an :class:`EpochSampler` (training) or a :class:`ShardSampler` (validation)."""
+    options = run.config[section]
     train = section == "train_dataloader"
-    for key in _INPUT_PATHS:
+    world_size = run.world_size
+    dataset_type = run.plugins.type_of("dataset", options["dataset"]["type"])
+    for key, spec in dataset_type.options.keys.items():
         value = options["dataset"].get(key)
-        if value is not None and not Path(value).exists():
+        if isinstance(spec, Key) and spec.input_path and value is not None and not Path(value).exists():
             raise ConfigError(f"{section}.dataset.{key}: {Path(value).absolute()} does not exist (a relative path is "
                               f"from the config file's folder, or from the current directory on the command line)")
-    source = build_source(options["dataset"], train)
-    dataset = KeyedDataset(source, build_transform(config, source.keypoint_info.flip_pairs, train), seed)
+    source = run.plugins.build("dataset", options["dataset"], train=train)
+    dataset = KeyedDataset(source, build_transform(run.config, run.codec, run.layout.flip_pairs, train), run.seed)
     batch_size = options["batch_size"]
     if train and len(dataset) < batch_size * world_size:
         raise ConfigError(f"{section}.dataset has {len(dataset)} samples, fewer than batch_size {batch_size} x "
                           f"{world_size} process(es)")
     if not train and len(dataset) < world_size:
         raise ConfigError(f"{section}.dataset has {len(dataset)} samples, fewer than the {world_size} processes")
-    sampler = (EpochSampler(len(dataset), batch_size, seed, shuffle=True, rank=rank, world_size=world_size) if train
-               else ShardSampler(len(dataset), rank, world_size))
+    sampler = (EpochSampler(len(dataset), batch_size, run.seed, shuffle=True, rank=run.rank, world_size=world_size)
+               if train else ShardSampler(len(dataset), run.rank, world_size))
     workers = options["num_workers"]
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       persistent_workers=workers > 0 and options["persistent_workers"],
-                      pin_memory=options["pin_memory"] and device.type == "cuda",
+                      pin_memory=options["pin_memory"] and run.device.type == "cuda",
                       worker_init_fn=init_worker if workers > 0 else None,
                       # Its own generator: an iterator must not draw its base seed from the global RNG,
                       # or a resumed run's dropout stream would be one draw off.
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(run.seed))
 
 
-
-_INPUT_PATHS = ("ann_file", "img_dir", "det_file")  # checked before loading, to name the key
 _HELD_BACK = {signal.SIGINT, signal.SIGTERM}
 
 

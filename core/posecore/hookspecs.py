@@ -48,6 +48,30 @@ def vis_backends() -> Mapping[str, type] | None:
 
 
 @hookspec
+def model_types() -> Mapping[str, type] | None:
+    """Return ``{type name: class}`` of models (``[model] type = ...``): see :class:`posecore.protocols.Model`.
+
+    Called for every installed plugin, like ``vis_backends``; naming a type activates its plugin. So are the
+    three hooks below, each for its kind of component (:mod:`posecore.protocols` says what each must do).
+    """
+
+
+@hookspec
+def dataset_types() -> Mapping[str, type] | None:
+    """Return ``{type name: class}`` of record sources (``[*_dataloader.dataset] type = ...``)."""
+
+
+@hookspec
+def codec_types() -> Mapping[str, type] | None:
+    """Return ``{type name: class}`` of codecs (``[codec] type = ...``)."""
+
+
+@hookspec
+def metric_types() -> Mapping[str, type] | None:
+    """Return ``{type name: class}`` of validation metrics (``[val_evaluator] type = ...``)."""
+
+
+@hookspec
 def configure(config: dict[str, Any]) -> None:
     """Check or complete the merged, validated config (active plugins only).
 

@@ -12,16 +12,16 @@ then may not be used. The CLI shorthands map onto config keys: ``--amp`` is ``am
 from __future__ import annotations
 
 import importlib.metadata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pluggy
 
 from posecore import __version__, hookspecs
-from posecore.config import (Schema, Variants, apply_overrides, check_dependencies, read_toml, validate,
-                             validate_table)
+from posecore.compose import compose
+from posecore.config import Schema, Section, Types, Variants, check_dependencies, validate, validate_table
 from posecore.errors import ConfigError, PosecoreError
 
 ENTRY_POINT_GROUP = "posecore"
@@ -32,6 +32,8 @@ FIRST_PARTY_PROVIDES = {
     "resume": "resume",
     "randomness": "seed",
     "TensorboardVisBackend": "tensorboard",
+    "MLflowVisBackend": "mlflow",
+    "WandbVisBackend": "wandb",
 }
 
 
@@ -121,13 +123,29 @@ def call_each(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> dict[s
 class PluginSet:
     """One run's plugin manager: the core plus the active plugins, and what they declared."""
 
-    def __init__(self, active: list[PluginInfo], pm: pluggy.PluginManager, backends: dict[str, type]) -> None:
+    def __init__(self, active: list[PluginInfo], pm: pluggy.PluginManager, types: Provided) -> None:
         self.active = active
         self.pm = pm
         self.hook = pm.hook
-        self.backends = backends
+        self.types = types
+        """The component types of the active plugins: ``{kind: {type name: (plugin, class or reference)}}``."""
         self.monitored = False
         """Set when pluggy call monitoring or tracing is on: every hook call then goes through pluggy."""
+
+    def type_of(self, kind: str, name: str) -> type:
+        """The class of component type ``name`` of ``kind`` (``"model"``, ``"dataset"``, ``"codec"``,
+        ``"metric"``, ``"vis_backend"``), imported now if its plugin gave a reference."""
+        return load_type(*self.types[kind][name])
+
+    def build(self, kind: str, entry: Mapping[str, Any], **context: Any) -> Any:
+        """An instance of the type a validated config table names: ``cls(**context, **its options)`` (keys the
+        core reads for every type of the kind, such as ``model.flip_test``, are left out)."""
+        cls = self.type_of(kind, entry["type"])
+        return cls(**context, **{key: value for key, value in entry.items() if key in cls.options.keys})
+
+    def layout(self, dataset: Mapping[str, Any]) -> Any:
+        """The keypoint layout of a validated ``*_dataloader.dataset`` table (its type's ``layout``)."""
+        return self.type_of("dataset", dataset["type"]).layout(dataset)
 
     def per_iteration(self, name: str) -> Callable[..., Any] | None:
         """How the loop calls hook ``name`` each iteration: not at all when nothing implements it, the
@@ -188,7 +206,7 @@ def resolve(user: dict[str, Any], origin: Any, cli_plugins: Iterable[str] = (),
         pm.register(plugin.module, name=plugin.name)
     schemas = call_each(pm, "config_schema")
     owner_of = _owners(schemas)
-    backend_owner, backends = _backends(pm)
+    types = provided_types(pm)
 
     def use(thing: str, owner: str | None, key: str) -> None:
         if owner in blocked:
@@ -208,15 +226,19 @@ def resolve(user: dict[str, Any], origin: Any, cli_plugins: Iterable[str] = (),
     backend_entries = _backend_entries(user, origin)
     for entry in backend_entries:
         if isinstance(entry.get("type"), str):
-            use(entry["type"], backend_owner.get(entry["type"]), "visualizer.vis_backends")
+            use(entry["type"], _owner(types, "vis_backend", entry["type"]), "visualizer.vis_backends")
+    for kind, place in _TYPE_PLACES:
+        table = _table_at(user, place)
+        if isinstance(table.get("type"), str):
+            use(table["type"], _owner(types, kind, table["type"]), f"{place}.type")
 
-    all_schema = {key: spec for schema in schemas.values() for key, spec in schema.items()}
+    all_schema = with_types({key: spec for schema in schemas.values() for key, spec in schema.items()}, types)
     merged = validate(user, all_schema, origin)
     config = {key: value for key, value in merged.items() if owner_of[key] in active}
     for key, value in config.items():  # an active plugin's switch reads as on, however it was activated
         if owner_of[key] != "core" and isinstance(value, dict) and "enabled" in value:
             value["enabled"] = True
-    backend_variants = Variants({kind: cls.options for kind, cls in backends.items()}, None)
+    backend_variants = _variants(types, "vis_backend", None)
     config["visualizer"]["vis_backends"] = [
         validate_table(entry, backend_variants, origin, f"visualizer.vis_backends[{i}]")
         for i, entry in enumerate(backend_entries)
@@ -227,7 +249,8 @@ def resolve(user: dict[str, Any], origin: Any, cli_plugins: Iterable[str] = (),
             pm.unregister(name=plugin.name)
     pm.check_pending()
     plugin_set = PluginSet([p for p in candidates if p.name in active], pm,
-                           {k: c for k, c in backends.items() if backend_owner[k] in active})
+                           {kind: {name: ref for name, ref in named.items() if ref[0] in active}
+                            for kind, named in types.items()})
     try:
         pm.hook.configure(config=config)
     except ConfigError:
@@ -236,6 +259,7 @@ def resolve(user: dict[str, Any], origin: Any, cli_plugins: Iterable[str] = (),
         raise PosecoreError(f"{plugin_set.blame(err) or 'configure'}: {type(err).__name__}: {err}") from err
     check_requirements(config.get("require", []))
     check_dependencies(config, all_schema, origin)
+    _check_layouts(config, plugin_set, origin)
     backends_used = {f"visualizer.vis_backends[{i}]": entry
                      for i, entry in enumerate(config["visualizer"]["vis_backends"])}
     check_dependencies(backends_used, dict.fromkeys(backends_used, backend_variants), origin)
@@ -260,15 +284,125 @@ def _owners(schemas: Mapping[str, Schema]) -> dict[str, str]:
     return owner_of
 
 
-def _backends(pm: pluggy.PluginManager) -> tuple[dict[str, str], dict[str, type]]:
-    owner: dict[str, str] = {}
-    classes: dict[str, type] = {}
-    for plugin, provided in call_each(pm, "vis_backends").items():
-        for kind, cls in provided.items():
-            if kind in owner:
-                raise PosecoreError(f"vis backend '{kind}' is provided by plugins '{owner[kind]}' and '{plugin}'")
-            owner[kind], classes[kind] = plugin, cls
-    return owner, classes
+TYPE_HOOKS = {"model": "model_types", "dataset": "dataset_types", "codec": "codec_types",
+              "metric": "metric_types", "vis_backend": "vis_backends"}
+"""The hook through which plugins provide each kind of component type."""
+
+_TYPE_PLACES = (("model", "model"), ("dataset", "train_dataloader.dataset"), ("dataset", "val_dataloader.dataset"),
+                ("codec", "codec"), ("metric", "val_evaluator"))
+"""The config tables whose ``type`` names a component type (vis backends: the array ``visualizer.vis_backends``)."""
+
+Provided = Mapping[str, Mapping[str, tuple[str, Any]]]
+"""``{kind: {type name: (plugin, class or "module:attribute" reference)}}``."""
+
+
+def provided_types(pm: pluggy.PluginManager) -> dict[str, dict[str, tuple[str, Any]]]:
+    """Every component type the registered plugins provide, by kind; a name two plugins provide for one kind
+    stops every command (which of them would a config mean?)."""
+    types: dict[str, dict[str, tuple[str, Any]]] = {}
+    for kind, hook in TYPE_HOOKS.items():
+        found = types[kind] = {}
+        for plugin, provided in call_each(pm, hook).items():
+            for name, ref in provided.items():
+                if name in found:
+                    raise PosecoreError(f"{kind.replace('_', ' ')} type '{name}' is provided by plugins "
+                                        f"'{found[name][0]}' and '{plugin}'; uninstall one")
+                found[name] = (plugin, ref)
+    return types
+
+
+def load_type(plugin: str, ref: Any) -> type:
+    """The class a plugin registered: itself, or imported from its ``"module:attribute"`` reference (so that
+    listing types imports nothing heavy). A reference that fails to import blames the plugin."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, attribute = ref.partition(":")
+    try:
+        found: Any = importlib.import_module(module)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except Exception as err:
+        raise PosecoreError(f"plugin '{plugin}': its type {ref} failed to import: {type(err).__name__}: "
+                            f"{err}") from err
+    return found
+
+
+class _TypeOptions(Mapping[str, Section]):
+    """The option sections of one kind's types, each type's class imported only when its section is read."""
+
+    def __init__(self, named: Mapping[str, tuple[str, Any]], common: Mapping[str, Any],
+                 defaults: Mapping[str, Mapping[str, Any]]) -> None:
+        self.named, self.common, self.defaults = named, common, defaults
+
+    def __getitem__(self, name: str) -> Section:
+        options = load_type(*self.named[name]).options
+        keys = {**self.common, **options.keys}
+        for key, default in self.defaults.get(name, {}).items():
+            keys[key] = replace(keys[key], default=default)
+        return Section(keys, options.help, options.requires)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.named)
+
+    def __len__(self) -> int:
+        return len(self.named)
+
+
+def _variants(types: Provided, kind: str, spec: Types | None) -> Variants:
+    named = types.get(kind, {})
+    options = _TypeOptions(named, spec.common if spec else {}, spec.defaults if spec else {})
+    return Variants(options, (spec.default or None) if spec else None, spec.help if spec else "",
+                    {name: plugin for name, (plugin, _) in named.items()})
+
+
+def with_types(schema: Schema, types: Provided) -> Schema:
+    """``schema`` with each :class:`~posecore.config.Types` table made a :class:`~posecore.config.Variants` of
+    the installed types of its kind."""
+    filled: dict[str, Any] = {}
+    for name, spec in schema.items():
+        if isinstance(spec, Types):
+            spec = _variants(types, spec.kind, spec)
+        elif isinstance(spec, Section):
+            spec = Section(with_types(spec.keys, types), spec.help, spec.requires)
+        filled[name] = spec
+    return filled
+
+
+def reference_page() -> str:
+    """``posecore config --reference``: every key of the core and the installed plugins, with every installed
+    component type's options."""
+    from posecore.config import reference
+
+    pm = new_manager()
+    for plugin in [core_plugin()] + discover():
+        pm.register(plugin.module, name=plugin.name)
+    types = provided_types(pm)
+    schemas = {owner: with_types(schema, types) for owner, schema in call_each(pm, "config_schema").items()}
+    return reference(schemas, _variants(types, "vis_backend", Types("vis_backend", "", "Where scalars go.")))
+
+
+def _owner(types: Provided, kind: str, name: str) -> str | None:
+    return types.get(kind, {}).get(name, (None,))[0]
+
+
+def _table_at(user: Mapping[str, Any], place: str) -> Mapping[str, Any]:
+    node: Any = user
+    for part in place.split("."):
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return node if isinstance(node, dict) else {}
+
+
+def _check_layouts(config: Mapping[str, Any], plugin_set: PluginSet, origin: Any) -> None:
+    """Both datasets must describe one keypoint layout (or at least as many keypoints): one model predicts one."""
+    counts = []
+    for section in ("train_dataloader", "val_dataloader"):
+        try:
+            counts.append(plugin_set.layout(config[section]["dataset"]).num_keypoints)
+        except ValueError as err:
+            raise ConfigError(f"{origin(section + '.dataset')}: {section}.dataset: {err}") from None
+    if counts[0] != counts[1]:
+        raise ConfigError(f"train_dataloader.dataset has {counts[0]} keypoints but val_dataloader.dataset has "
+                          f"{counts[1]}; one model predicts one layout")
 
 
 def _backend_entries(user: Mapping[str, Any], origin: Any) -> list[dict[str, Any]]:
@@ -301,24 +435,16 @@ def check_requirements(requirements: list[str]) -> None:
 
 def load_config(path: str | Path, overrides: Iterable[str | tuple[str, str]] = (), cli_plugins: Iterable[str] = (),
                 extra: Iterable[PluginInfo] = ()) -> tuple[dict[str, Any], PluginSet]:
-    """Read a TOML config, apply overrides, activate plugins and validate.
+    """Read a TOML config with its bases (``extends``), apply overrides, resolve ``${key}`` references, activate
+    plugins and validate. Errors name the file or flag that set the key (:func:`posecore.compose.compose`).
 
     An override is ``KEY=VALUE`` from ``--cfg-options``, or ``(KEY=VALUE, flag)`` for one that a shorthand
     flag (``--amp``) stands for: errors about its key then name that flag, the one the user typed.
     """
     path = Path(path)
-    user = read_toml(path)
-    set_by: dict[str, str] = {}
-    for override in overrides:
-        text, flag = (override, "--cfg-options") if isinstance(override, str) else override
-        set_by.update(dict.fromkeys(apply_overrides(user, [text]), flag))
-
-    def origin(key: str) -> str:
-        flags = [flag for t, flag in set_by.items() if t == key or t.startswith(key + ".") or key.startswith(t + ".")]
-        return " and ".join(dict.fromkeys(flags)) or str(path)
-
-    user.setdefault("work_dir", str(Path("work_dirs") / path.stem))
-    return resolve(user, origin, cli_plugins, extra=extra)
+    composition = compose(path, overrides)
+    composition.config.setdefault("work_dir", str(Path("work_dirs") / path.stem))
+    return resolve(composition.config, composition.origin, cli_plugins, extra=extra)
 
 
 def module_plugin(name: str, module: ModuleType | object, version: str = "0") -> PluginInfo:

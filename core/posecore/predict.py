@@ -30,6 +30,7 @@ from posecore import checkpoint
 from posecore.config import did_you_mean
 from posecore.data import build_transform
 from posecore.errors import CheckpointError, InputError
+from posecore.evaluation import predict
 from posecore.pose.coco import read_image
 from posecore.pose.coco_eval import rescore
 from posecore.pose.draw import draw_pose
@@ -187,7 +188,7 @@ def predict_images(run: Run, images: Sequence[Path], weights: Path, boxes_file: 
         run.model.eval()
         out = out or run.run_dir / "predictions"
         out.mkdir(parents=True, exist_ok=True)
-        transform = build_transform(run.config, run.layout.flip_pairs, train=False)
+        transform = build_transform(run.config, run.codec, run.layout.flip_pairs, train=False)
         forward = run.hook.forward_context(run=run) or contextlib.nullcontext()
         results, names = [], set()
         for path in images:
@@ -226,9 +227,8 @@ def _predict_people(run: Run, transform: Any, image: np.ndarray, people: list[li
     count = run.layout.num_keypoints
     blank = {"image": image, "keypoints": np.zeros((count, 2), np.float32), "visible": np.zeros(count, np.float32)}
     samples = [transform({**blank, "box": box[:4]}) for box in people]
-    coords, scores = run.predict(torch.from_numpy(np.stack([s["img"] for s in samples])),
-                                 np.stack([s["center"] for s in samples]), np.stack([s["scale"] for s in samples]),
-                                 forward)
+    coords, scores = predict(run, torch.from_numpy(np.stack([s["img"] for s in samples])),
+                             np.stack([s["center"] for s in samples]), np.stack([s["scale"] for s in samples]), forward)
     persons = []
     for box, points, score in zip(people, coords.tolist(), scores.tolist()):
         box_score = box[4] if len(box) > 4 else 1.0

@@ -20,16 +20,12 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-from posecore import __version__, checkpoint, data, dist, rng
+from posecore import __version__, checkpoint, data, dist, evaluation, rng
 from posecore.config import dumps, loads
 from posecore.data import build_loader
 from posecore.errors import CheckpointError, ConfigError, PosecoreError, StopRun
 from posecore.logs import Progress, format_scalars, setup_logger
 from posecore.plugins import PluginSet, call_each, call_one
-from posecore.pose.metrics import decode_heatmaps, heatmap_to_image, pck
-from posecore.pose.model import build_model, heatmap_loss
-from posecore.pose.skeleton import keypoint_layout
-from posecore.pose.transforms import flip_order
 
 
 def train(run: Run) -> None:
@@ -48,6 +44,7 @@ def train(run: Run) -> None:
         run.wrap_model()
         run.start_vis()
         batches = run.train_batches()
+        loss_of = run.model.loss
         forward = hook.forward_context(run=run) or contextlib.nullcontext()
         # Hooks nobody implements are skipped outright and the core's own called directly, so the loop
         # costs what a plain loop costs.
@@ -61,7 +58,7 @@ def train(run: Run) -> None:
                 before_iter(run=run)
             batch = run.timer.data(batches)
             with forward:
-                loss = heatmap_loss(run.train_model(batch["img"]), batch["heatmaps"], batch["weights"])
+                loss = loss_of(run.train_model(batch["img"]), batch)
             run.apply_schedule()
             backward_step(run=run, loss=loss)
             run.iteration += 1
@@ -102,7 +99,7 @@ def evaluate(run: Run, weights: Path) -> dict[str, float]:
         run.build(training=False)
         run.load_weights(weights)
         run.open_run_dir()
-        metrics, results = run.score(run.hook.forward_context(run=run) or contextlib.nullcontext())
+        metrics, results = evaluation.score(run, run.hook.forward_context(run=run) or contextlib.nullcontext())
         if results:
             path = run.run_dir / "predictions.keypoints.json"
             path.write_text(json.dumps(results), encoding="utf-8")
@@ -147,7 +144,9 @@ class Run:
         self.run_dir = self.vis_dir = Path()
         self.log = logging.getLogger("posecore")
         self.device = _pick_device(config["device"])
-        self.layout = keypoint_layout(config["val_dataloader"]["dataset"])
+        self.layout = plugins.layout(config["val_dataloader"]["dataset"])
+        self.codec = plugins.build("codec", config["codec"])
+        self.metric: Any = None
         self.seed: int | None = None
         self._seed_drawn = False
         self.rank_seeds = False
@@ -301,36 +300,32 @@ class Run:
             if training:
                 self.log.info("seed not set: drew seed %d; set randomness.seed=%d (posecore-seed) to repeat the data "
                               "order and augmentation", self.seed, self.seed)
-        self.val_loader = build_loader(self.config, "val_dataloader", self.seed, self.device, self.rank,
-                                       self.world_size)
+        self.val_loader = build_loader(self, "val_dataloader")
+        self.metric = self.plugins.build("metric", self.config["val_evaluator"], layout=self.layout,
+                                         dataset=self.config["val_dataloader"]["dataset"])
         self.build_model()
         if not training:
             return
-        self.train_loader = build_loader(self.config, "train_dataloader", self.seed, self.device, self.rank,
-                                         self.world_size)
+        self.train_loader = build_loader(self, "train_dataloader")
         self.optimizer = _build_optimizer(self.config["optim"], self.model, self._lr_scale())
         per_epoch = self.train_loader.sampler.usable // self.train_loader.sampler.global_batch
         train_cfg = self.config["train"]
         self.max_iters = train_cfg.get("max_iters") or train_cfg["max_epochs"] * per_epoch
 
     def build_model(self) -> None:
-        """Build the model for the config's keypoint layout and check its heatmap size against the codec."""
-        model_cfg, codec = self.config["model"], self.config["codec"]
-        self.model = build_model(model_cfg["preset"], num_keypoints=self.layout.num_keypoints,
-                                 stage_channels=model_cfg.get("stage_channels"),
-                                 stage_blocks=model_cfg.get("stage_blocks"),
-                                 deconv_channels=model_cfg.get("deconv_channels"),
-                                 dropout=model_cfg["dropout"],
-                                 norm="group" if model_cfg["norm"] == "group" else "batch").to(self.device)
+        """Build the config's model for its keypoint layout and check that the codec can decode its output."""
+        options = self.config["model"]
+        self.model = self.plugins.build("model", options, num_keypoints=self.layout.num_keypoints)
+        if options["norm"] == "group":
+            _to_group_norm(self.model)
+        self.model.to(self.device)
         self.train_model = self.model
+        width, height = self.codec.input_size
         self.model.eval()  # a shape probe: no BatchNorm statistics, no dropout draws
         with torch.no_grad():
-            out = self.model(torch.zeros(1, 3, codec["input_size"][1], codec["input_size"][0], device=self.device))
+            output = self.model(torch.zeros(1, 3, height, width, device=self.device))
         self.model.train()
-        if list(out.shape[-2:]) != codec["heatmap_size"][::-1]:
-            raise ConfigError(f"codec.heatmap_size is {codec['heatmap_size']} but the model outputs "
-                              f"[{out.shape[-1]}, {out.shape[-2]}] for codec.input_size {codec['input_size']}; "
-                              f"set codec.heatmap_size = [{out.shape[-1]}, {out.shape[-2]}]")
+        self.codec.check_output(output)
 
     def _lr_scale(self) -> float:
         """``auto_scale_lr``: the learning rate times (batch_size x processes) / base_batch_size, as MMPose does."""
@@ -376,8 +371,8 @@ class Run:
         for entry in self.config["visualizer"]["vis_backends"]:
             saved = self._vis_states.get(entry["type"])  # e.g. the id of a tracker run to continue
             extra = {} if saved is None else {"resume_state": saved}
-            self.backends.append(self.plugins.backends[entry["type"]](self.vis_dir, resume_step=after, **extra,
-                                                                      **_options(entry)))
+            self.backends.append(self.plugins.type_of("vis_backend", entry["type"])(self.vis_dir, resume_step=after,
+                                                                                  **extra, **_options(entry)))
         text = dumps(self.config)
         (self.vis_dir / "config.toml").write_text(text, encoding="utf-8")
         for backend in self.backends:
@@ -395,7 +390,7 @@ class Run:
             self._train_pass = data.iterate(loader)
             for batch in self._train_pass:
                 self.epoch_batch += 1
-                yield batch if on_cpu else {k: batch[k].to(self.device, non_blocking=True) for k in _TRAINING_INPUTS}
+                yield batch if on_cpu else {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             self.epoch += 1
             self.epoch_batch = 0
 
@@ -486,7 +481,7 @@ class Run:
 
     def validate(self, forward: Any = contextlib.nullcontext()) -> dict[str, float]:
         """Score the model on the validation data, log it, call ``after_val``, keep the best checkpoint."""
-        metrics, _ = self.score(forward)
+        metrics, _ = evaluation.score(self, forward)
         self.hook.after_val(run=self, metrics=metrics)
         self.write_scalars({f"val/{name}": value for name, value in metrics.items()})
         for backend in self.backends:
@@ -495,64 +490,6 @@ class Run:
         self._keep_best(metrics)
         self.timer.reset(time.perf_counter())
         return metrics
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor, center: Any, scale: Any,
-                forward: Any = contextlib.nullcontext()) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keypoints (N, K, 2) in image coordinates and their scores (N, K) for network inputs (N, 3, H, W)
-        cropped around ``center`` (N, 2) at ``scale`` (N, 2); with ``model.flip_test``, the heatmaps of the
-        mirrored inputs, mirrored back, are averaged in. Call with the model in eval mode.
-        """
-        images = images.to(self.device)
-        with forward:
-            heatmaps = self.model(images).float()
-            if self.config["model"]["flip_test"]:
-                mirrored = self.model(images.flip(-1)).float().flip(-1)
-                heatmaps = (heatmaps + mirrored[:, flip_order(self.layout.num_keypoints, self.layout.flip_pairs)]) / 2
-        coords, scores = decode_heatmaps(heatmaps.cpu())
-        return heatmap_to_image(coords, center, scale, tuple(self.config["codec"]["heatmap_size"])), scores
-
-    def score(self, forward: Any = contextlib.nullcontext()) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """Predict on the validation data: the metrics, and the COCO results list (empty for PCK)."""
-        self.model.eval()
-        batches = []
-        for batch in data.iterate(self.val_loader):
-            pred, pred_score = self.predict(batch["img"], batch["center"], batch["scale"], forward)
-            batches.append({**batch, "pred": pred, "pred_score": pred_score})
-        self.model.train()
-        val = {key: torch.cat([b[key] for b in batches]) for key in batches[0] if key != "img"}
-        if self.world_size == 1:
-            return self._metrics(val)
-        # Each rank predicted a share of the validation set: put the whole set together on rank 0.
-        parts = dist.gather(val)
-        if self.rank != 0:
-            return dist.broadcast(None), []
-        val = {key: torch.cat([part[key] for part in parts]) for key in val}
-        order = torch.argsort(val["index"])
-        metrics, results = self._metrics({key: value[order] for key, value in val.items()})
-        return dist.broadcast(metrics), results
-
-    def _metrics(self, val: dict[str, torch.Tensor]) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        evaluator = self.config["val_evaluator"]
-        if evaluator["type"] != "CocoMetric":
-            return {"PCK": pck(val["pred"], val["keypoints"], val["visible"], val["box"][:, 2:], evaluator["thr"])}, []
-        from posecore.pose.coco_eval import coco_keypoint_ap
-
-        results = self._coco_results(val, evaluator)
-        ann_file = self.config["val_dataloader"]["dataset"]["ann_file"]
-        return coco_keypoint_ap(ann_file, results, self.layout.sigmas), results
-
-    def _coco_results(self, val: dict[str, torch.Tensor], evaluator: dict[str, Any]) -> list[dict[str, Any]]:
-        """The predictions as COCO results: rescored, then OKS-NMS within each image."""
-        from posecore.pose.coco_eval import rescore, to_results
-
-        sigmas = self.layout.sigmas
-        instances = [{"image_id": int(image_id), "keypoints": torch.cat([pred, score[:, None]], 1).numpy(),
-                      "score": rescore(score.numpy(), float(box_score), evaluator["keypoint_score_thr"]),
-                      "area": float(scale[0] * scale[1])}
-                     for image_id, pred, score, box_score, scale in zip(val["image_id"], val["pred"], val["pred_score"],
-                                                                       val["score"], val["scale"])]
-        return to_results(instances, sigmas, evaluator["nms_thr"])
 
     def _keep_best(self, metrics: dict[str, float]) -> None:
         name = self.config["checkpoint"].get("save_best")
@@ -660,17 +597,39 @@ class Run:
         """Warn, in one line, when the config a checkpoint recorded differs from this run's in what the weights
         mean (model, codec, keypoint layout): such weights often load without an error and predict nonsense."""
         try:
-            then = _trained_for(loads(recorded_config)) if recorded_config else None
+            then = _trained_for(loads(recorded_config), self.plugins.layout) if recorded_config else None
         except (ConfigError, KeyError, ValueError):  # written by another version: nothing to compare
             then = None
         if then is None:
             return
-        now = _trained_for(self.config)
+        now = _trained_for(self.config, self.plugins.layout)
         changed = [f"{key} {_brief(then.get(key))} -> {_brief(now.get(key))}" for key in dict.fromkeys([*then, *now])
                    if then.get(key) != now.get(key)]
         if changed and self.rank == 0:  # every rank loads it; one line says it
             self.log.warning("%s was trained for another model, codec or keypoint layout than this config: %s", path,
                              "; ".join(changed))
+
+    def _log_config_changes(self, recorded_config: str | None, path: Path) -> None:
+        """Log, in one block, every key this config changes against the checkpoint's; refuse a change of
+        optimizer type (its state would be another optimizer's)."""
+        from posecore.compose import config_changes
+
+        try:
+            then = loads(recorded_config) if recorded_config else None
+        except ConfigError:
+            then = None
+        if then is None:
+            return
+        changes = [(key, old, new) for key, old, new in config_changes(then, self.config)
+                   if key not in ("resume", "load_from")]
+        for key, old, new in changes:
+            if key == "optim.type":
+                raise CheckpointError(f"{path}: cannot resume with optim.type {old} -> {new}: its optimizer state is "
+                                      f"another optimizer's; keep optim.type = \"{old}\", or start from its weights "
+                                      f"with load_from (without resume)")
+        if changes and self.rank == 0:
+            self.log.info("resume: this config differs from the one %s was saved with:\n%s", path.name,
+                          "\n".join(f"  {key}: {_brief(old)} -> {_brief(new)}" for key, old, new in changes))
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
         """Continue from a loaded checkpoint: weights, optimizer, position, best record, plugins' and RNG state."""
@@ -678,13 +637,20 @@ class Run:
         if lacking:
             raise CheckpointError(f"{path}: cannot resume from it: it has no {', '.join(lacking)} (a weights-only "
                                   f"file?); use load_from without resume to start from its weights")
+        self._log_config_changes(state.get("config"), path)
         self.warn_if_trained_otherwise(state.get("config"), path)
         checkpoint.load_model_weights(self.model, state["model"], path)
+        # This config's hyper-parameters (learning rate, weight decay, ...) apply from the resumed step on;
+        # the checkpoint gives the optimizer's state (moments, step counts).
+        settings = [{key: value for key, value in group.items() if key != "params"}
+                    for group in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as err:
             raise CheckpointError(f"{path}: its optimizer state does not fit this run's optimizer ({err}); "
                                   f"check [optim] against the run that saved it") from None
+        for group, own in zip(self.optimizer.param_groups, settings):
+            group.update(own)
         loop = state["loop"]
         self.iteration, self.epoch, self.optimizer_steps = loop["iteration"], loop["epoch"], loop["optimizer_steps"]
         # The position is kept in samples, so a job resumed with another number of processes goes on
@@ -724,9 +690,6 @@ class Run:
         if state.get("vis_dir") and Path(state["vis_dir"]).is_dir():
             self.vis_dir = Path(state["vis_dir"])
             self.log.info("continuing the scalars in %s", self.vis_dir)
-
-
-_TRAINING_INPUTS = ("img", "heatmaps", "weights")  # what a training step reads of a batch
 
 
 def lr_factor(schedule: dict[str, Any], step: int, total: int) -> float:
@@ -772,12 +735,21 @@ _NOT_IN_THE_WEIGHTS = ("flip_test", "init_weights", "dropout")
 """Model keys that do not change what trained weights compute."""
 
 
-def _trained_for(config: dict[str, Any]) -> dict[str, Any]:
+def _trained_for(config: dict[str, Any], layout_of: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
     """What a model's weights mean under ``config``: model, codec and keypoint layout, as flat keys."""
-    layout = keypoint_layout(config["val_dataloader"]["dataset"])
+    layout = layout_of(config["val_dataloader"]["dataset"])
     return {**{f"model.{key}": value for key, value in config["model"].items() if key not in _NOT_IN_THE_WEIGHTS},
             **{f"codec.{key}": value for key, value in config["codec"].items()},
             "keypoints": list(layout.names), "flip_pairs": [list(pair) for pair in layout.flip_pairs]}
+
+
+def _to_group_norm(module: torch.nn.Module) -> None:
+    """``model.norm = "group"``: every BatchNorm2d made a GroupNorm of up to 32 groups."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.BatchNorm2d):
+            setattr(module, name, torch.nn.GroupNorm(math.gcd(32, child.num_features), child.num_features))
+        else:
+            _to_group_norm(child)
 
 
 def _brief(value: Any) -> str:

@@ -2,48 +2,20 @@
 
 from __future__ import annotations
 
-from posecore.config import Dependency, Key, Section, Variants
+from posecore.config import Key, Section, Types
 
-PYCOCOTOOLS = Dependency("pycocotools.cocoeval", "pip install pycocotools (the posecore[coco] extra)")
-"""COCO keypoint AP (``val_evaluator.type = "CocoMetric"``)."""
-
-_RELATIVE = " Relative: from the config file's folder (from the current directory on the command line)."
-
-COCO_KEYPOINTS = Section({
-    "ann_file": Key(str, None, "COCO person-keypoints annotation JSON (required)." + _RELATIVE, input_path=True),
-    "img_dir": Key(str, None, "Folder holding the images named by `file_name` (required)." + _RELATIVE,
-                   input_path=True),
-    "keypoints": Key(str, "coco17", "Built-in keypoint layout of the file (names, flip pairs, skeleton, OKS "
-                                    "sigmas); the four keys below replace its parts.",
-                     choices=("coco17", "crowdpose14")),
-    "keypoint_names": Key(list, None, "Keypoint names in the file's order (a layout of your own: set the next "
-                                      "three keys too).", item=str),
-    "flip_pairs": Key(list, None, "0-based [left, right] index pairs that a horizontal flip swaps.", item=list),
-    "skeleton": Key(list, None, "0-based [a, b] index pairs linked when drawing poses.", item=list),
-    "sigmas": Key(list, None, "OKS sigma of each keypoint (COCO keypoint AP).", item=float, min=0),
-    "det_file": Key(str, None, "Detected person boxes (COCO results JSON) to use instead of the annotations' boxes."
-                   + _RELATIVE, input_path=True),
-    "det_score_thr": Key(float, 0.0, "Ignore detections scoring below this.", min=0, max=1),
-}, "COCO-format keypoint annotations and images (COCO, OCHuman, CrowdPose, your own data).")
+RELATIVE = " Relative: from the config file's folder (from the current directory on the command line)."
+"""Said of every key that names a file to read (``Key(..., input_path=True)``)."""
 
 
-def _synthetic(num_samples: int, seed: int) -> Variants:
-    synthetic = Section({
-        "num_samples": Key(int, num_samples, "Number of generated samples (made on the fly, no files).", min=1),
-        "image_size": Key(list, [128, 128], "Scene size [width, height] in pixels.", item=int, length=2, min=16),
-        "seed": Key(int, seed, "Seed of the figures themselves (not of augmentation); train and val differ.",
-                    min=0),
-    }, "Human-like stick figures with 17 COCO-ordered keypoints, deterministic per index.")
-    return Variants({"SyntheticPoses": synthetic, "CocoKeypoints": COCO_KEYPOINTS}, "SyntheticPoses", "Dataset type.")
-
-
-def _dataloader(batch_size: int, num_workers: int, dataset: Variants, help: str) -> Section:
+def _dataloader(batch_size: int, num_workers: int, help: str, synthetic: dict[str, int]) -> Section:
     return Section({
         "batch_size": Key(int, batch_size, "Samples per batch (per process).", min=1),
         "num_workers": Key(int, num_workers, "DataLoader worker processes; results do not depend on it.", min=0),
         "persistent_workers": Key(bool, True, "Keep workers alive between epochs (when num_workers > 0)."),
         "pin_memory": Key(bool, False, "Pin host memory for faster copies to a GPU."),
-        "dataset": dataset,
+        "dataset": Types("dataset", "SyntheticPoses", "Dataset type: the record source (a plugin may provide more).",
+                         defaults={"SyntheticPoses": synthetic}),
     }, help)
 
 
@@ -52,40 +24,28 @@ CORE_SCHEMA = {
                                "Relative: from the current directory (outputs go where you work, as in MMEngine)."),
     "load_from": Key(str, None, "Checkpoint whose model weights initialise the run (iteration 0, fresh "
                                 "optimizer). With `resume = true` (posecore-resume) the run continues from it."
-                    + _RELATIVE, input_path=True),
+                    + RELATIVE, input_path=True),
     "load_strict": Key(bool, True, "Whether `load_from` and `model.init_weights` must fit the model exactly; "
                                    "false loads the keys that fit (e.g. a different head) and logs the rest."),
     "plugins": Key(list, [], "Plugins to activate by name; `\"no:NAME\"` blocks one.", item=str),
     "require": Key(list, [], "Distributions that must be installed, as pip requirements "
                              "(e.g. `\"posecore-amp>=0.1\"`), checked before anything runs.", item=str),
     "device": Key(str, "auto", "`auto` (CUDA when available, else CPU), `cpu`, `cuda`, `cuda:N` or `mps`."),
-    "codec": Section({
-        "input_size": Key(list, [48, 64], "Network input [width, height] in pixels.", item=int, length=2, min=8),
-        "heatmap_size": Key(list, [24, 32], "Heatmap [width, height]; input_size divided by the head's stride.",
-                            item=int, length=2, min=2),
-        "sigma": Key(float, 1.5, "Gaussian sigma of heatmap targets, in heatmap pixels.", min=0.1),
-    }, "How keypoints become heatmap targets and back (MMPose's MSRAHeatmap codec)."),
-    "model": Section({
-        "preset": Key(str, "small", "Backbone preset: `small` (fast on CPU) or `resnet50` (for GPUs).",
-                      choices=("small", "resnet50")),
-        "stage_channels": Key(list, None, "Channels of each backbone stage (overrides the preset).", item=int,
-                              min=1),
-        "stage_blocks": Key(list, None, "Residual blocks in each backbone stage (overrides the preset).", item=int,
-                            min=1),
-        "deconv_channels": Key(list, None, "Channels of each deconvolution layer of the head (overrides the "
-                                           "preset).", item=int, min=1),
-        "dropout": Key(float, 0.0, "Dropout before the head's final convolution.", min=0.0, max=0.99),
-        "norm": Key(str, "batch", "Normalisation layers: `batch` (BatchNorm, statistics per process), "
-                                  "`sync_batch` (SyncBatchNorm: statistics over all processes under torchrun; "
-                                  "CUDA only) or `group` (GroupNorm: per sample, independent of the batch split).",
+    "codec": Types("codec", "GaussianHeatmap", "How keypoints become training targets and network outputs become "
+                                               "keypoints again (a plugin may provide more)."),
+    "model": Types("model", "TopDownHeatmapNet", "The network (a plugin may provide more).", common={
+        "norm": Key(str, "batch", "Normalisation layers: `batch` (as built: BatchNorm, statistics per process), "
+                                  "`sync_batch` (its BatchNorm made SyncBatchNorm: statistics over all processes "
+                                  "under torchrun; CUDA only) or `group` (BatchNorm made GroupNorm: per sample, "
+                                  "independent of the batch split).",
                     choices=("batch", "sync_batch", "group")),
         "flip_test": Key(bool, False, "At validation, `posecore test` and `posecore predict`, also predict on the "
-                                      "mirrored input and average the heatmaps (slower, usually more accurate)."),
+                                      "mirrored input and average the outputs (slower, usually more accurate)."),
         "init_weights": Key(str, None, "Pretrained weights (a checkpoint or a state_dict file) to start from; "
                                        "not re-applied when a run is resumed (its checkpoint already has them)."
-                            + _RELATIVE, input_path=True),
-    }, "Top-down heatmap model: ResNet-style backbone and deconvolution head."),
-    "train_dataloader": _dataloader(32, 1, _synthetic(20000, 0), "Training data."),
+                            + RELATIVE, input_path=True),
+    }),
+    "train_dataloader": _dataloader(32, 1, "Training data.", {"num_samples": 20000, "seed": 0}),
     "augment": Section({
         "flip_prob": Key(float, 0.5, "Probability of a horizontal flip (left/right keypoints swap).", min=0, max=1),
         "scale_factor": Key(float, 0.25, "Random scale range: scale * clip(1 + N(0,1) * f, 1 - f, 1 + f).",
@@ -95,17 +55,8 @@ CORE_SCHEMA = {
         "rotate_prob": Key(float, 0.6, "Probability of applying a random rotation.", min=0, max=1),
         "padding": Key(float, 1.25, "Box enlargement before cropping.", min=1.0),
     }, "Training augmentation; each sample's randomness is drawn from (seed, epoch, index)."),
-    "val_dataloader": _dataloader(64, 0, _synthetic(256, 1), "Validation data (no augmentation)."),
-    "val_evaluator": Section({
-        "type": Key(str, "PCKAccuracy", "`PCKAccuracy` (logged as `PCK`) or `CocoMetric` (COCO keypoint AP via "
-                                        "pycocotools, `posecore[coco]`: `AP`, `AP50`, ... `ARl`; needs a "
-                                        "CocoKeypoints validation set).", choices=("PCKAccuracy", "CocoMetric"),
-                 requires={"CocoMetric": PYCOCOTOOLS}),
-        "thr": Key(float, 0.05, "PCKAccuracy: threshold, as a fraction of the box width/height.", min=0, max=1),
-        "nms_thr": Key(float, 0.9, "CocoMetric: OKS-NMS threshold among one image's instances.", min=0, max=1),
-        "keypoint_score_thr": Key(float, 0.2, "CocoMetric: keypoint scores above this form the instance score.",
-                                  min=0, max=1),
-    }, "How validation is scored."),
+    "val_dataloader": _dataloader(64, 0, "Validation data (no augmentation).", {"num_samples": 256, "seed": 1}),
+    "val_evaluator": Types("metric", "PCKAccuracy", "How validation is scored (a plugin may provide more)."),
     "optim": Section({
         "type": Key(str, "AdamW", "Optimizer.", choices=("Adam", "AdamW", "SGD")),
         "lr": Key(float, 2e-3, "Base learning rate.", min=0),

@@ -14,7 +14,7 @@ from posecore.config import Section
 class LocalVisBackend:
     """Appends one JSON object per logging step to ``vis_data/scalars.json`` (MMEngine's format)."""
 
-    options = Section({}, "No options.")
+    options = Section({}, "Appends each logging step's scalars to `vis_data/scalars.json` (MMEngine's format); no options.")
 
     def __init__(self, vis_dir: Path, resume_step: int | None = None) -> None:
         path = vis_dir / "scalars.json"
@@ -60,6 +60,7 @@ def prediction_grid(run: Any, count: int) -> Any:
     import numpy as np
     import torch
 
+    from posecore.evaluation import predict
     from posecore.pose.draw import draw_pose, grid, to_uint8
     from posecore.pose.transforms import affine_matrix, transform_points
 
@@ -68,9 +69,9 @@ def prediction_grid(run: Any, count: int) -> Any:
     center, scale = np.stack([s["center"] for s in samples]), np.stack([s["scale"] for s in samples])
     was_training = run.model.training
     run.model.eval()
-    predicted, _ = run.predict(torch.from_numpy(np.stack([s["img"] for s in samples])), center, scale)
+    predicted, _ = predict(run, torch.from_numpy(np.stack([s["img"] for s in samples])), center, scale)
     run.model.train(was_training)
-    input_size = tuple(run.config["codec"]["input_size"])
+    input_size = run.codec.input_size
     tiles = []
     for sample, keypoints in zip(samples, predicted.numpy()):
         to_crop = affine_matrix(sample["center"], sample["scale"], 0.0, input_size)

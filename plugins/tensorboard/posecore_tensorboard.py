@@ -86,9 +86,9 @@ def after_train(run: Any, error: BaseException | None) -> None:
         return
     config = run.config
     hparams = {"optim.type": config["optim"]["type"], "optim.lr": config["optim"]["lr"],
-               "optim.weight_decay": config["optim"]["weight_decay"], "model.preset": config["model"]["preset"],
+               "optim.weight_decay": config["optim"]["weight_decay"], "model.type": config["model"]["type"],
                "batch_size": config["train_dataloader"]["batch_size"], "max_iters": run.max_iters,
-               "seed": run.seed, "input_size": str(config["codec"]["input_size"])}
+               "seed": run.seed, "codec.type": config["codec"]["type"], "input_size": str(list(run.codec.input_size))}
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
     for backend in _writers(run):

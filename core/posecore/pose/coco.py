@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
 from posecore.errors import InputError
-from posecore.pose.skeleton import COCO17, KeypointInfo
+from posecore.config import Key, Section
+from posecore.pose.skeleton import LAYOUTS, keypoint_layout
+from posecore.schema import RELATIVE
 
 PathLike = Union[str, Path]
 
@@ -69,18 +71,42 @@ class CocoKeypoints:
     (the detection score, or 1.0) and ``ann_id`` int (-1 for detections).
     """
 
+    options = Section({
+        "ann_file": Key(str, None, "COCO person-keypoints annotation JSON (required)." + RELATIVE, input_path=True),
+        "img_dir": Key(str, None, "Folder holding the images named by `file_name` (required)." + RELATIVE,
+                       input_path=True),
+        "keypoints": Key(str, "coco17", "Built-in keypoint layout of the file (names, flip pairs, skeleton, OKS "
+                                        "sigmas); the four keys below replace its parts.",
+                         choices=tuple(LAYOUTS)),
+        "keypoint_names": Key(list, None, "Keypoint names in the file's order (a layout of your own: set the next "
+                                          "three keys too).", item=str),
+        "flip_pairs": Key(list, None, "0-based [left, right] index pairs that a horizontal flip swaps.", item=list),
+        "skeleton": Key(list, None, "0-based [a, b] index pairs linked when drawing poses.", item=list),
+        "sigmas": Key(list, None, "OKS sigma of each keypoint (COCO keypoint AP).", item=float, min=0),
+        "det_file": Key(str, None, "Detected person boxes (COCO results JSON) to use instead of the annotations' "
+                                   "boxes." + RELATIVE, input_path=True),
+        "det_score_thr": Key(float, 0.0, "Ignore detections scoring below this.", min=0, max=1),
+    }, "COCO-format keypoint annotations and images (COCO, OCHuman, CrowdPose, your own data).")
+
+    layout = staticmethod(keypoint_layout)
+
     def __init__(
         self,
         ann_file: PathLike,
         img_dir: PathLike,
-        keypoint_info: KeypointInfo = COCO17,
+        keypoints: str = "coco17",
+        keypoint_names: Sequence[str] | None = None,
+        flip_pairs: Sequence[Sequence[int]] | None = None,
+        skeleton: Sequence[Sequence[int]] | None = None,
+        sigmas: Sequence[float] | None = None,
         det_file: PathLike | None = None,
         det_score_thr: float = 0.0,
         train: bool = True,
     ) -> None:
         self.ann_file = Path(ann_file)
         self.img_dir = Path(img_dir)
-        self.keypoint_info = keypoint_info
+        self.keypoint_info = keypoint_layout({"keypoints": keypoints, "keypoint_names": keypoint_names,
+                                              "flip_pairs": flip_pairs, "skeleton": skeleton, "sigmas": sigmas})
         self.det_file = None if det_file is None else Path(det_file)
         self.det_score_thr = float(det_score_thr)
         self.train = train
@@ -181,7 +207,7 @@ class CocoKeypoints:
                 count = len(values) if isinstance(values, list) else 0
                 raise DataError(
                     f"{where} (image id {image_id}): {count / 3:g} keypoints found ({count} values), expected "
-                    f"{expected} ({3 * expected} values); use a keypoint_info that matches the dataset"
+                    f"{expected} ({3 * expected} values); set the dataset's keypoints (or keypoint_names, flip_pairs, skeleton and sigmas) to match the file"
                 )
             try:
                 triples = np.asarray(values, dtype=np.float32).reshape(expected, 3)

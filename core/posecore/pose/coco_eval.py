@@ -12,15 +12,18 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
+from posecore.config import Dependency, Key, Section
 from posecore.errors import InputError, PosecoreError
 from posecore.pose.skeleton import COCO17
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 """The keys of :func:`coco_keypoint_ap`'s result, in the order of pycocotools' ``COCOeval.stats``."""
+
+PYCOCOTOOLS = Dependency("pycocotools.cocoeval", "pip install pycocotools (the posecore[coco] extra)")
 
 _EPS = float(np.spacing(1))  # The same tiny constant COCOeval adds to the area.
 
@@ -206,8 +209,6 @@ def coco_keypoint_ap(
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     except ImportError as error:
-        from posecore.schema import PYCOCOTOOLS
-
         raise PosecoreError(f"COCO keypoint evaluation needs pycocotools: {PYCOCOTOOLS.install}") from error
 
     dataset = _prepare_ground_truth(_load_json(ann_file, "annotation file"), ann_file)
@@ -232,3 +233,31 @@ def coco_keypoint_ap(
         evaluation.accumulate()
         evaluation.summarize()
     return {name: float(value) for name, value in zip(STAT_NAMES, evaluation.stats)}
+
+
+class CocoMetric:
+    """COCO keypoint AP of the validation set's ``ann_file``: predictions rescored as MMPose does, OKS-NMS
+    within each image, then pycocotools' COCOeval; the results are what ``posecore test`` writes."""
+
+    options = Section({
+        "nms_thr": Key(float, 0.9, "OKS-NMS threshold among one image's instances.", min=0, max=1),
+        "keypoint_score_thr": Key(float, 0.2, "Keypoint scores above this form the instance score.", min=0, max=1),
+    }, "COCO keypoint AP via pycocotools (`posecore[coco]`): `AP`, `AP50`, ... `ARl`; needs a CocoKeypoints "
+       "validation set.", requires=(PYCOCOTOOLS,))
+
+    def __init__(self, layout: Any, dataset: Mapping[str, Any], nms_thr: float = 0.9,
+                 keypoint_score_thr: float = 0.2) -> None:
+        self.sigmas = layout.sigmas
+        self.ann_file = dataset["ann_file"]
+        self.nms_thr, self.keypoint_score_thr = nms_thr, keypoint_score_thr
+
+    def __call__(self, predictions: Mapping[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        instances = [{"image_id": int(image_id), "keypoints": np.concatenate([pred, score[:, None]], 1),
+                      "score": rescore(score, float(box_score), self.keypoint_score_thr),
+                      "area": float(scale[0] * scale[1])}
+                     for image_id, pred, score, box_score, scale in
+                     zip(predictions["image_id"].tolist(), predictions["pred"].numpy(),
+                         predictions["pred_score"].numpy(), predictions["score"].tolist(),
+                         predictions["scale"].numpy())]
+        results = to_results(instances, self.sigmas, self.nms_thr)
+        return coco_keypoint_ap(self.ann_file, results, self.sigmas), results

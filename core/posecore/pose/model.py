@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
+
+from posecore.config import Key, Section
 
 
 class BasicBlock(nn.Module):
@@ -49,31 +50,63 @@ class Bottleneck(nn.Module):
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
+_PRESETS = {
+    "small": dict(
+        block="basic", stem_channels=32, stem_stride=2, stage_channels=[32, 64, 128], stage_blocks=[1, 1, 1],
+        deconv_channels=[64, 64],
+    ),
+    "resnet50": dict(
+        block="bottleneck", stem_channels=64, stem_stride=4, stage_channels=[256, 512, 1024, 2048],
+        stage_blocks=[3, 4, 6, 3], deconv_channels=[256, 256, 256],
+    ),
+}
+
+
 class TopDownHeatmapNet(nn.Module):
     """Top-down pose network: image crops (N, 3, H, W) to keypoint heatmaps (N, K, h, w).
 
-    The stem is a 3x3 stride-2 convolution (``stem_stride=2``) or ResNet's 7x7 stride-2 convolution
-    plus max-pooling (``stem_stride=4``). Stages of residual blocks follow, the first at stride 1 and
-    each later one halving the resolution; each 4x4 transposed convolution of the head doubles it
-    again, and a 1x1 convolution gives the K heatmaps. ``output_stride`` is input size / heatmap size.
+    A preset gives the architecture, and each list that is set replaces the preset's. "small" is the fast
+    CPU default: a 3-stage ResNet-18-like backbone of widths 32-64-128 and two 64-channel deconvolutions,
+    output stride 2 (a 48x64 input gives 24x32 heatmaps). "resnet50" is ResNet-50 with the SimpleBaseline
+    head of three 256-channel deconvolutions, output stride 4, randomly initialised.
+
+    The stem is a 3x3 stride-2 convolution ("small") or ResNet's 7x7 stride-2 convolution plus max-pooling
+    ("resnet50"). Stages of residual blocks follow, the first at stride 1 and each later one halving the
+    resolution; each 4x4 transposed convolution of the head doubles it again, and a 1x1 convolution gives the
+    K heatmaps. ``output_stride`` is input size / heatmap size. The loss is the weighted mean squared error
+    against the codec's ``heatmaps`` and ``weights`` (:func:`heatmap_loss`).
     """
+
+    options = Section({
+        "preset": Key(str, "small", "Backbone preset: `small` (fast on CPU) or `resnet50` (for GPUs).",
+                      choices=tuple(_PRESETS)),
+        "stage_channels": Key(list, None, "Channels of each backbone stage (overrides the preset).", item=int,
+                              min=1),
+        "stage_blocks": Key(list, None, "Residual blocks in each backbone stage (overrides the preset).", item=int,
+                            min=1),
+        "deconv_channels": Key(list, None, "Channels of each deconvolution layer of the head (overrides the "
+                                           "preset).", item=int, min=1),
+        "dropout": Key(float, 0.0, "Dropout before the head's final convolution.", min=0.0, max=0.99),
+    }, "Top-down heatmap model: ResNet-style backbone and deconvolution head (SimpleBaseline).")
 
     def __init__(
         self,
         num_keypoints: int = 17,
-        block: str = "basic",
-        stem_channels: int = 32,
-        stem_stride: int = 2,
-        stage_channels: Sequence[int] = (32, 64, 128),
-        stage_blocks: Sequence[int] = (1, 1, 1),
-        deconv_channels: Sequence[int] = (64, 64),
+        preset: str = "small",
+        stage_channels: Sequence[int] | None = None,
+        stage_blocks: Sequence[int] | None = None,
+        deconv_channels: Sequence[int] | None = None,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if block not in _BLOCKS:
-            raise ValueError(f"unknown block {block!r}; choose one of {', '.join(_BLOCKS)}")
-        if stem_stride not in (2, 4):
-            raise ValueError(f"stem_stride must be 2 or 4, got {stem_stride}")
+        if preset not in _PRESETS:
+            raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(_PRESETS)}")
+        settings = dict(_PRESETS[preset])
+        overrides = {"stage_channels": stage_channels, "stage_blocks": stage_blocks,
+                     "deconv_channels": deconv_channels}
+        settings.update({name: value for name, value in overrides.items() if value is not None})
+        block, stem_channels, stem_stride = settings["block"], settings["stem_channels"], settings["stem_stride"]
+        stage_channels, stage_blocks = settings["stage_channels"], settings["stage_blocks"]
         if len(stage_channels) != len(stage_blocks) or not stage_channels:
             raise ValueError(
                 f"stage_channels {list(stage_channels)} and stage_blocks {list(stage_blocks)} "
@@ -94,7 +127,7 @@ class TopDownHeatmapNet(nn.Module):
                 channels = out_channels
         self.backbone = nn.Sequential(*layers)
         head: list[nn.Module] = []
-        for out_channels in deconv_channels:
+        for out_channels in settings["deconv_channels"]:
             head += [
                 nn.ConvTranspose2d(channels, out_channels, 4, stride=2, padding=1, bias=False),
                 nn.BatchNorm2d(out_channels),
@@ -108,60 +141,13 @@ class TopDownHeatmapNet(nn.Module):
         # Start from near-empty heatmaps, as SimpleBaseline does: a random start wastes early steps.
         nn.init.normal_(self.final.weight, std=0.001)
         nn.init.zeros_(self.final.bias)
-        self.output_stride = stem_stride * 2 ** (len(stage_channels) - 1) / 2 ** len(deconv_channels)
+        self.output_stride = stem_stride * 2 ** (len(stage_channels) - 1) / 2 ** len(settings["deconv_channels"])
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.final(self.head(self.backbone(self.stem(img))))
 
-
-_PRESETS = {
-    "small": dict(
-        block="basic", stem_channels=32, stem_stride=2, stage_channels=[32, 64, 128], stage_blocks=[1, 1, 1],
-        deconv_channels=[64, 64],
-    ),
-    "resnet50": dict(
-        block="bottleneck", stem_channels=64, stem_stride=4, stage_channels=[256, 512, 1024, 2048],
-        stage_blocks=[3, 4, 6, 3], deconv_channels=[256, 256, 256],
-    ),
-}
-
-
-def build_model(
-    preset: str = "small",
-    num_keypoints: int = 17,
-    stage_channels: list[int] | None = None,
-    stage_blocks: list[int] | None = None,
-    deconv_channels: list[int] | None = None,
-    dropout: float = 0.0,
-    norm: str = "batch",
-) -> TopDownHeatmapNet:
-    """A TopDownHeatmapNet from a preset, with any given list overriding the preset's.
-
-    "small" is the fast CPU default: a 3-stage ResNet-18-like backbone of widths 32-64-128 and two 64-channel
-    deconvolutions, output stride 2 (a 48x64 input gives 24x32 heatmaps). "resnet50" is ResNet-50 with
-    the SimpleBaseline head of three 256-channel deconvolutions, output stride 4, randomly initialised.
-    ``norm="group"`` puts GroupNorm (up to 32 groups) where BatchNorm would be: statistics per sample, so
-    results do not depend on how a batch is split across processes.
-    """
-    if preset not in _PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(_PRESETS)}")
-    settings = dict(_PRESETS[preset])
-    overrides = {"stage_channels": stage_channels, "stage_blocks": stage_blocks, "deconv_channels": deconv_channels}
-    settings.update({name: value for name, value in overrides.items() if value is not None})
-    model = TopDownHeatmapNet(num_keypoints=num_keypoints, dropout=dropout, **settings)
-    if norm == "group":
-        _to_group_norm(model)
-    elif norm != "batch":
-        raise ValueError(f"unknown norm {norm!r}; choose batch or group")
-    return model
-
-
-def _to_group_norm(module: nn.Module) -> None:
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d):
-            setattr(module, name, nn.GroupNorm(math.gcd(32, child.num_features), child.num_features))
-        else:
-            _to_group_norm(child)
+    def loss(self, output: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return heatmap_loss(output, batch["heatmaps"], batch["weights"])
 
 
 def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

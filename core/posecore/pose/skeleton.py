@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
@@ -96,28 +96,24 @@ _CONFIG_FIELDS = (("keypoint_names", "names"), ("flip_pairs", "flip_pairs"), ("s
                   ("sigmas", "sigmas"))
 
 
-def keypoint_layout(dataset: dict[str, Any]) -> KeypointInfo:
-    """The layout a validated ``*_dataloader.dataset`` table describes.
-
-    Synthetic data is COCO-17. A COCO-format dataset starts from its built-in ``keypoints`` layout, and
-    each of ``keypoint_names``, ``flip_pairs``, ``skeleton`` and ``sigmas`` that is set replaces that
-    part, so a layout of your own is those four keys. Raises ValueError naming the key at fault.
-    """
-    if dataset["type"] != "CocoKeypoints":
-        return COCO17
+def keypoint_layout(options: Mapping[str, Any]) -> KeypointInfo:
+    """The layout that validated dataset options describe: the built-in ``keypoints`` layout, with each of
+    ``keypoint_names``, ``flip_pairs``, ``skeleton`` and ``sigmas`` that is set replacing that part (a layout
+    of your own is those four keys). Raises ValueError naming the key at fault."""
     parts: dict[str, Any] = {}
     for key, field in _CONFIG_FIELDS:
-        if key not in dataset:
+        if options.get(key) is None:
             continue
-        value = dataset[key]
+        value = options[key]
         if key in ("flip_pairs", "skeleton"):
             if not all(len(pair) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in pair)
                        for pair in value):
                 raise ValueError(f"{key} must be a list of [index, index] pairs, e.g. [[1, 2], [3, 4]]")
             value = [tuple(pair) for pair in value]
         parts[field] = tuple(value)
+    built_in = LAYOUTS[options.get("keypoints", "coco17")]
     try:
-        return replace(LAYOUTS[dataset["keypoints"]], **parts)
+        return replace(built_in, **parts) if parts else built_in
     except ValueError as err:
         raise ValueError(f"{err}; a layout of your own sets keypoint_names, sigmas, flip_pairs and skeleton "
                          f"together") from None

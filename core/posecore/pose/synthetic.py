@@ -12,9 +12,11 @@ two arms (or legs) apart where they cross.
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from posecore.config import Key, Section
 from posecore.pose.skeleton import COCO17, KeypointInfo
 
 # Body proportions in units of standing height (head top to ankles).
@@ -49,9 +51,21 @@ class SyntheticPoses:
     around the whole figure with a little padding, clipped to the image.
     """
 
+    options = Section({
+        "num_samples": Key(int, 2000, "Number of generated samples (made on the fly, no files).", min=1),
+        "image_size": Key(list, [128, 128], "Scene size [width, height] in pixels.", item=int, length=2, min=16),
+        "seed": Key(int, 0, "Seed of the figures themselves (not of augmentation); train and val differ.", min=0),
+    }, "Human-like stick figures with 17 COCO-ordered keypoints, deterministic per index.")
+
     keypoint_info: KeypointInfo = COCO17
 
-    def __init__(self, num_samples: int = 2000, image_size: tuple[int, int] = (128, 128), seed: int = 0) -> None:
+    @classmethod
+    def layout(cls, options: Mapping[str, Any]) -> KeypointInfo:
+        return COCO17
+
+    def __init__(self, num_samples: int = 2000, image_size: Sequence[int] = (128, 128), seed: int = 0,
+                 train: bool = True) -> None:
+        """``train`` makes no difference: every figure is labelled."""
         if num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
         width, height = image_size

@@ -1,4 +1,4 @@
-"""The top-down pipeline: crop the person box, augment, normalise, and encode keypoints as heatmaps.
+"""The top-down pipeline: crop the person box, augment, normalise, and encode keypoints as the codec does.
 
 Coordinates are continuous pixel coordinates with integer values at pixel centres, in the image,
 the network input and the heatmap alike. A crop maps its centre to the centre of the output,
@@ -8,7 +8,7 @@ output exactly, and heatmap pixel u covers input pixels [u * stride, (u + 1) * s
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -86,44 +86,19 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int, i
     return np.asarray(warped, dtype=np.float32)
 
 
-def gaussian_heatmaps(
-    keypoints: np.ndarray, visible: np.ndarray, heatmap_size: tuple[int, int], sigma: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Unnormalised Gaussians peaking at 1 on the exact (sub-pixel) keypoints in heatmap coords.
-
-    Returns heatmaps float32 (K, h, w) and weights float32 (K,): 0, with an empty heatmap, for a
-    keypoint that is not visible or lies outside the heatmap.
-    """
-    width, height = heatmap_size
-    keypoints = np.asarray(keypoints, dtype=np.float32)
-    inside = (
-        (keypoints[:, 0] >= -0.5)
-        & (keypoints[:, 0] < width - 0.5)
-        & (keypoints[:, 1] >= -0.5)
-        & (keypoints[:, 1] < height - 0.5)
-    )
-    weights = ((np.asarray(visible) > 0) & inside).astype(np.float32)
-    scale = -0.5 / sigma**2
-    along_x = np.exp(scale * (np.arange(width, dtype=np.float32)[None, :] - keypoints[:, :1]) ** 2)
-    along_y = np.exp(scale * (np.arange(height, dtype=np.float32)[None, :] - keypoints[:, 1:]) ** 2)
-    heatmaps = along_y[:, :, None] * (along_x * weights[:, None])[:, None, :]
-    return heatmaps, weights
-
-
 class TopDownTransform:
     """Record (image, keypoints, visible, box) to network sample: crop, augment, normalise, encode.
 
-    Sizes are (width, height). With ``train`` and an rng, the crop is randomly scaled, rotated and
-    mirrored, drawing from that rng only; otherwise the crop is the padded box as is. The returned
-    ``center``/``scale`` are always those of the unaugmented crop (for decoding predictions), and
-    ``keypoints``/``visible``/``box`` are the record's, in image coordinates (the ground truth).
+    The crop has the codec's ``input_size`` (width, height). With ``train`` and an rng, it is randomly
+    scaled, rotated and mirrored, drawing from that rng only, and the codec encodes the keypoints as training
+    targets; otherwise the crop is the padded box as is, without targets. The returned ``center``/``scale``
+    are always those of the unaugmented crop (for decoding predictions), and ``keypoints``/``visible``/``box``
+    are the record's, in image coordinates (the ground truth).
     """
 
     def __init__(
         self,
-        input_size: tuple[int, int] = (48, 64),
-        heatmap_size: tuple[int, int] = (12, 16),
-        sigma: float = 2.0,
+        codec: Any,
         flip_pairs: Sequence[tuple[int, int]] = COCO17.flip_pairs,
         train: bool = True,
         flip_prob: float = 0.5,
@@ -132,9 +107,8 @@ class TopDownTransform:
         rotate_prob: float = 0.6,
         padding: float = 1.25,
     ) -> None:
-        self.input_size = tuple(input_size)
-        self.heatmap_size = tuple(heatmap_size)
-        self.sigma = sigma
+        self.codec = codec
+        self.input_size = tuple(codec.input_size)
         self.flip_pairs = tuple(tuple(pair) for pair in flip_pairs)
         self.train = train
         self.flip_prob = flip_prob
@@ -150,30 +124,19 @@ class TopDownTransform:
         crop_scale, rotation, flip = scale, 0.0, False
         if self.train and rng is not None:
             crop_scale, rotation, flip = self._draw_augmentation(scale, rng)
-        image_matrix = affine_matrix(center, crop_scale, rotation, self.input_size)
-        heatmap_matrix = affine_matrix(center, crop_scale, rotation, self.heatmap_size)
+        matrix = affine_matrix(center, crop_scale, rotation, self.input_size)
         keypoints = np.asarray(record["keypoints"], dtype=np.float32)
         visible = np.asarray(record["visible"], dtype=np.float32)
-        target_keypoints, target_visible = keypoints, visible
         if flip:
-            image_matrix = _mirror_output(image_matrix, input_width)
-            heatmap_matrix = _mirror_output(heatmap_matrix, self.heatmap_size[0])
-            order = flip_order(len(keypoints), self.flip_pairs)
-            target_keypoints, target_visible = keypoints[order], visible[order]
-        image = warp_affine(record["image"], image_matrix, self.input_size)
-        heatmaps, weights = gaussian_heatmaps(
-            transform_points(target_keypoints, heatmap_matrix), target_visible, self.heatmap_size, self.sigma
-        )
-        return {
-            "img": np.ascontiguousarray(((image - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)),
-            "heatmaps": heatmaps,
-            "weights": weights,
-            "center": center,
-            "scale": scale,
-            "keypoints": keypoints,
-            "visible": visible,
-            "box": np.asarray(record["box"], dtype=np.float32),
-        }
+            matrix = _mirror_output(matrix, input_width)
+        image = warp_affine(record["image"], matrix, self.input_size)
+        sample = {"img": np.ascontiguousarray(((image - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))}
+        if self.train:
+            order = flip_order(len(keypoints), self.flip_pairs) if flip else slice(None)
+            sample.update(self.codec.encode(transform_points(keypoints[order], matrix), visible[order]))
+        sample.update(center=center, scale=scale, keypoints=keypoints, visible=visible,
+                      box=np.asarray(record["box"], dtype=np.float32))
+        return sample
 
     def _draw_augmentation(self, scale: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float, bool]:
         # Always draw all four numbers so one probability setting does not shift the others' stream.

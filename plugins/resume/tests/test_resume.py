@@ -207,3 +207,33 @@ def test_load_from_a_different_head_needs_load_strict_false(tmp_path):
     recording = run_training(tmp_path / "c", cfg_options=[*other_head, "load_strict=false"])
     log = log_of(recording.run.run_dir)
     assert "(load_strict = false: skipped head.0.weight" in log
+
+
+def test_a_changed_config_is_logged_on_resume_and_its_learning_rate_applies(resume_config, tmp_path):
+    work_dir = tmp_path / "wd"
+    first = train(resume_config, work_dir, "--cfg-options", "train.max_iters=2", "scheduler.type=constant",
+                  "scheduler.warmup_iters=0")
+    assert first.returncode == 0, first.stderr
+    second = train(resume_config, work_dir, "--resume", "--cfg-options", "train.max_iters=4",
+                   "scheduler.type=constant", "scheduler.warmup_iters=0", "optim.lr=0.5", "optim.weight_decay=0.25")
+    assert second.returncode == 0, second.stderr
+    block = second.stderr[second.stderr.index("resume: this config differs"):]
+    assert block.splitlines()[1:4] == ["  optim.lr: 0.002 -> 0.5", "  optim.weight_decay: 0.0001 -> 0.25",
+                                       "  train.max_iters: 2 -> 4"]
+    # The checkpoint brings the optimizer's moments; the learning rate and weight decay are this config's.
+    state = torch.load(work_dir / "iter_4.pth", weights_only=True)
+    (group,) = state["optimizer"]["param_groups"]
+    assert (group["lr"], group["initial_lr"], group["weight_decay"]) == (0.5, 0.5, 0.25)
+    scalars = [json.loads(line) for line in (Path(state["vis_dir"]) / "scalars.json").read_text().splitlines()]
+    assert [(row["step"], row["lr"]) for row in scalars if "lr" in row] == [(2, 0.002), (4, 0.5)]
+
+
+def test_resuming_with_another_optimizer_type_is_refused(resume_config, tmp_path):
+    work_dir = tmp_path / "wd"
+    assert train(resume_config, work_dir, "--cfg-options", "train.max_iters=2").returncode == 0
+    result = train(resume_config, work_dir, "--resume", "--cfg-options", "optim.type=SGD")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"posecore: error: {work_dir / 'iter_2.pth'}: cannot resume with optim.type AdamW -> SGD: its optimizer state "
+        f"is another optimizer's; keep optim.type = \"AdamW\", or start from its weights with load_from (without "
+        f"resume)")
