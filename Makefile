@@ -1,5 +1,5 @@
 # posecore: `make train` sets up and trains the quickstart; `make test` sets up and runs every test.
-# The set-up is one virtual environment (.venv) with the core and the four plugins installed from this
+# The set-up is one virtual environment (.venv) with the core and the first-party plugins installed from this
 # checkout. TORCH pins the CPU build found on this kind of machine; on a GPU machine use e.g.
 # `make setup TORCH=torch` to take the CUDA build from the index.
 PYTHON ?= python3

@@ -330,7 +330,8 @@ def test_wrong_keypoint_count_names_the_annotation(tmp_path):
         CocoKeypoints(ann_file, tmp_path)
     assert _one_line(error) == (
         f"annotation file {ann_file}: annotation id 42 (image id 7): 16 keypoints found (48 values), "
-        f"expected 17 (51 values); set the dataset's keypoints (or keypoint_names, flip_pairs, skeleton and sigmas) to match the file"
+        f"expected 17 (51 values); set the dataset's keypoints (or keypoint_names, flip_pairs, skeleton and sigmas) "
+        f"to match the file"
     )
 
 
@@ -419,7 +420,9 @@ def test_coco_dataset_without_files_is_a_config_error(tmp_path):
     config = write_tiny_config(tmp_path, val_dataloader={"dataset": {"type": "CocoKeypoints", "img_dir": "x"}})
     result = posecore("config", str(config))
     assert result.returncode == 2
-    assert "val_dataloader.dataset of type CocoKeypoints needs ann_file" in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"posecore: error: {config}: 'val_dataloader.dataset.ann_file' is required: COCO person-keypoints "
+        f"annotation JSON"]
 
 
 def test_coco_metric_validation_logs_ap_and_keeps_the_best(tmp_path, coco_files):

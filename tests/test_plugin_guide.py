@@ -57,14 +57,14 @@ def test_plugins_json_lists_the_installed_example(early_stop_site):
     assert result.returncode == 0, result.stderr
     (row,) = [row for row in json.loads(result.stdout) if row["name"] == "early_stop"]
     assert row == {"name": "early_stop", "distribution": "posecore-early-stop", "version": "0.1.0",
-                   "hooks": HOOKS, "active": None}
+                   "hooks": HOOKS, "types": {}, "active": None}
 
 
 def test_the_guide_shows_the_real_plugins_line(early_stop_site):
     result = posecore("plugins", pythonpath=[early_stop_site])
     assert result.returncode == 0, result.stderr
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("early_stop ")]
-    assert line.split() == ["early_stop", "posecore-early-stop", "0.1.0", "-", *(h + "," for h in HOOKS[:-1]),
+    assert line.split() == ["early_stop", "posecore-early-stop", "0.1.0", "-", "-", *(h + "," for h in HOOKS[:-1]),
                             HOOKS[-1]]
     # Column widths depend on what else is installed; the guide shows this checkout's set.
     shown = [" ".join(text.split()) for text in GUIDE.read_text(encoding="utf-8").splitlines()]

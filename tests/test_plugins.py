@@ -13,6 +13,7 @@ from posecore import hookimpl
 from posecore.config import Key, Section
 from posecore.errors import ConfigError, PosecoreError
 from posecore.plugins import module_plugin, resolve
+from posecore.pose.model import TopDownHeatmapNet
 from posecore.testing import TINY_CONFIG, run_training
 
 COUNTER = """
@@ -171,3 +172,66 @@ def test_help_and_plugins_list_without_importing_torch():
             "    print('HEAVY', 'torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "HEAVY False"
+
+
+class _MeanPixelError:
+    """A metric type of a test plugin: the mean keypoint error in pixels over visible keypoints."""
+
+    options = Section({"scale": Key(float, 1.0, "Multiplies the error.")}, "Mean pixel error.")
+
+    def __init__(self, layout, dataset, scale: float = 1.0) -> None:
+        self.scale, self.count = scale, layout.num_keypoints
+
+    def __call__(self, predictions):
+        assert predictions["pred"].shape[1:] == (self.count, 2) and "index" in predictions
+        visible = predictions["visible"] > 0
+        error = (predictions["pred"] - predictions["keypoints"]).norm(dim=-1)[visible].mean()
+        return {"pixel_error": float(error) * self.scale}, None
+
+
+class _ScaledNet(TopDownHeatmapNet):
+    """A model type of a test plugin: a small core network whose loss is scaled (and its calls counted)."""
+
+    options = Section({"loss_scale": Key(float, 1.0, "Multiplies the loss.", min=0)}, "A scaled heatmap net.")
+
+    def __init__(self, num_keypoints: int, loss_scale: float = 1.0) -> None:
+        super().__init__(num_keypoints, stage_channels=[8, 16], stage_blocks=[1, 1], deconv_channels=[8])
+        self.loss_scale, self.losses = loss_scale, 0
+
+    def loss(self, output, batch):
+        self.losses += 1
+        return super().loss(output, batch) * self.loss_scale
+
+
+class _TypesPlugin:
+    @hookimpl
+    def model_types(self):
+        return {"ScaledNet": _ScaledNet}
+
+    @hookimpl
+    def metric_types(self):
+        return {"MeanPixelError": "test_plugins:_MeanPixelError"}  # a reference, imported when used
+
+
+def test_a_plugin_type_is_selected_by_name_trained_and_scored(tmp_path):
+    config = {**TINY_CONFIG, "model": {"type": "ScaledNet", "loss_scale": 2.0},
+              "val_evaluator": {"type": "MeanPixelError", "scale": 0.5},
+              "checkpoint": {"interval": 2, "save_best": "pixel_error", "rule": "less"}}
+    recording = run_training(tmp_path, plugins={"types": _TypesPlugin()}, config=config)
+    run = recording.run
+    assert [p.name for p in run.plugins.active] == ["core", "types"]  # naming its types activated it
+    assert run.model.losses == 4 and run.config["model"] == {"type": "ScaledNet", "norm": "batch",
+                                                              "flip_test": False, "loss_scale": 2.0}
+    (metrics,) = [call["metrics"] for call in recording.calls_of("after_val")][-1:]
+    assert set(metrics) == {"pixel_error"} and 0 < metrics["pixel_error"] < 100
+    assert list(tmp_path.glob("best_pixel_error_iter_*.pth"))
+
+
+def test_a_type_nobody_provides_lists_the_installed_ones_and_two_providers_of_one_name_are_an_error(tiny_config):
+    result = posecore("config", str(tiny_config), "--cfg-options", "model.type=HRNet")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"posecore: error: --cfg-options: unknown model.type 'HRNet'; installed: TopDownHeatmapNet (core)"]
+    with pytest.raises(PosecoreError, match="model type 'ScaledNet' is provided by plugins 'a' and 'b'; uninstall one"):
+        resolve(dict(TINY_CONFIG, work_dir="wd"), lambda key: "test", installed=[],
+                extra=[module_plugin("a", _TypesPlugin()), module_plugin("b", _TypesPlugin())])

@@ -23,7 +23,8 @@ def load_model(config: str | os.PathLike[str] | Mapping[str, Any], checkpoint: s
 
     Called on normalised crops ``(N, 3, H, W)`` (the codec's ``input_size``) it returns the raw head output:
     heatmaps ``(N, K, h, w)`` for the heatmap models, a tuple for heads with several outputs (whatever the model
-    type's ``forward`` returns: :mod:`posecore.protocols`). Bad input raises :class:`posecore.errors.InputError` with a one-line message.
+    type's ``forward`` returns: :mod:`posecore.protocols`). Bad input raises :class:`posecore.errors.InputError`
+    with a one-line message.
     """
     from posecore.run import load_model as load
 

@@ -36,7 +36,8 @@ def model_types() -> dict[str, str]:
 
 @hookimpl
 def dataset_types() -> dict[str, str]:
-    return {"SyntheticPoses": "posecore.pose.synthetic:SyntheticPoses", "CocoKeypoints": "posecore.pose.coco:CocoKeypoints"}
+    return {"SyntheticPoses": "posecore.pose.synthetic:SyntheticPoses",
+            "CocoKeypoints": "posecore.pose.coco:CocoKeypoints"}
 
 
 @hookimpl
@@ -54,11 +55,6 @@ def configure(config: dict[str, Any]) -> None:
     train = config["train"]
     if ("max_iters" in train) == ("max_epochs" in train):
         raise ConfigError("set exactly one of train.max_iters and train.max_epochs")
-    for section in ("train_dataloader", "val_dataloader"):
-        dataset = config[section]["dataset"]
-        missing = [k for k in ("ann_file", "img_dir") if dataset["type"] == "CocoKeypoints" and k not in dataset]
-        if missing:
-            raise ConfigError(f"{section}.dataset of type CocoKeypoints needs {' and '.join(missing)}")
     if config["val_evaluator"]["type"] == "CocoMetric" and config["val_dataloader"]["dataset"]["type"] != \
             "CocoKeypoints":
         raise ConfigError("val_evaluator.type CocoMetric needs a CocoKeypoints val_dataloader.dataset")

@@ -58,6 +58,8 @@ class Key:
     item: type | None = None
     length: int | None = None
     input_path: bool = False
+    required: bool = False
+    """The table is incomplete without it (it has no default)."""
     requires: Mapping[Any, Dependency] | None = None
     """Values that need an optional module, e.g. ``{"CocoMetric": PYCOCOTOOLS}``."""
 
@@ -190,6 +192,8 @@ def validate(user: Mapping[str, Any], schema: Schema, origin: Origin, prefix: st
         if isinstance(spec, Key):
             if name in user:
                 merged[name] = check_value(user[name], spec, dotted, origin)
+            elif spec.required:
+                raise ConfigError(f"{origin(dotted)}: '{dotted}' is required: {spec.help.split('. ')[0].rstrip('.')}")
             elif spec.default is not None:
                 merged[name] = _copy(spec.default)
             continue
@@ -336,7 +340,8 @@ def _reference_rows(schema: Schema, prefix: str) -> list[str]:
     for name, spec in schema.items():
         dotted = prefix + name
         if isinstance(spec, Key):
-            default = "unset" if spec.default is None else f"`{_toml_value(spec.default)}`"
+            default = "required" if spec.required else "unset" if spec.default is None else \
+                f"`{_toml_value(spec.default)}`"
             meaning = spec.help
             if spec.choices:
                 meaning += " One of " + ", ".join(f"`{_toml_value(c)}`" for c in spec.choices) + "."

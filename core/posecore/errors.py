@@ -17,6 +17,10 @@ class ConfigError(InputError):
     """The config file or an override is invalid."""
 
 
+class DataError(InputError):
+    """A dataset file is missing, unreadable or malformed (raised by dataset types for their files)."""
+
+
 class CheckpointError(InputError):
     """A file is missing, unreadable or not a posecore checkpoint."""
 

@@ -98,6 +98,9 @@ class Metric(Protocol):
     Called on one process (rank 0) only."""
 
     options: ClassVar[Section]
+    results_file: ClassVar[str]
+    """Optional: the file name ``posecore test`` writes the results to in the run folder (default
+    ``predictions.json``)."""
 
     def __call__(self, predictions: Mapping[str, torch.Tensor]) -> tuple[dict[str, float], list[Any] | None]:
         """Metrics by name (``{"PCK": 0.91}``), and optionally results to write as JSON (``posecore test``).

@@ -16,16 +16,12 @@ from typing import Any, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from posecore.errors import InputError
 from posecore.config import Key, Section
-from posecore.pose.skeleton import LAYOUTS, keypoint_layout
+from posecore.errors import DataError
+from posecore.pose.skeleton import LAYOUT_OPTIONS, keypoint_layout
 from posecore.schema import RELATIVE
 
 PathLike = Union[str, Path]
-
-
-class DataError(InputError):
-    """A dataset file is missing, unreadable or malformed. Exit code 2."""
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -72,17 +68,11 @@ class CocoKeypoints:
     """
 
     options = Section({
-        "ann_file": Key(str, None, "COCO person-keypoints annotation JSON (required)." + RELATIVE, input_path=True),
-        "img_dir": Key(str, None, "Folder holding the images named by `file_name` (required)." + RELATIVE,
-                       input_path=True),
-        "keypoints": Key(str, "coco17", "Built-in keypoint layout of the file (names, flip pairs, skeleton, OKS "
-                                        "sigmas); the four keys below replace its parts.",
-                         choices=tuple(LAYOUTS)),
-        "keypoint_names": Key(list, None, "Keypoint names in the file's order (a layout of your own: set the next "
-                                          "three keys too).", item=str),
-        "flip_pairs": Key(list, None, "0-based [left, right] index pairs that a horizontal flip swaps.", item=list),
-        "skeleton": Key(list, None, "0-based [a, b] index pairs linked when drawing poses.", item=list),
-        "sigmas": Key(list, None, "OKS sigma of each keypoint (COCO keypoint AP).", item=float, min=0),
+        "ann_file": Key(str, None, "COCO person-keypoints annotation JSON." + RELATIVE, input_path=True,
+                        required=True),
+        "img_dir": Key(str, None, "Folder holding the images named by `file_name`." + RELATIVE, input_path=True,
+                       required=True),
+        **LAYOUT_OPTIONS,
         "det_file": Key(str, None, "Detected person boxes (COCO results JSON) to use instead of the annotations' "
                                    "boxes." + RELATIVE, input_path=True),
         "det_score_thr": Key(float, 0.0, "Ignore detections scoring below this.", min=0, max=1),
@@ -207,7 +197,8 @@ class CocoKeypoints:
                 count = len(values) if isinstance(values, list) else 0
                 raise DataError(
                     f"{where} (image id {image_id}): {count / 3:g} keypoints found ({count} values), expected "
-                    f"{expected} ({3 * expected} values); set the dataset's keypoints (or keypoint_names, flip_pairs, skeleton and sigmas) to match the file"
+                    f"{expected} ({3 * expected} values); set the dataset's keypoints (or keypoint_names, "
+                    f"flip_pairs, skeleton and sigmas) to match the file"
                 )
             try:
                 triples = np.asarray(values, dtype=np.float32).reshape(expected, 3)

@@ -245,6 +245,8 @@ class CocoMetric:
     }, "COCO keypoint AP via pycocotools (`posecore[coco]`): `AP`, `AP50`, ... `ARl`; needs a CocoKeypoints "
        "validation set.", requires=(PYCOCOTOOLS,))
 
+    results_file = "predictions.keypoints.json"  # COCO's name for keypoint results
+
     def __init__(self, layout: Any, dataset: Mapping[str, Any], nms_thr: float = 0.9,
                  keypoint_score_thr: float = 0.2) -> None:
         self.sigmas = layout.sigmas

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from posecore.config import Key
+
 
 @dataclass(frozen=True)
 class KeypointInfo:
@@ -91,6 +93,17 @@ CROWDPOSE14 = KeypointInfo(
 
 LAYOUTS = {"coco17": COCO17, "crowdpose14": CROWDPOSE14}
 """The built-in layouts by their config name (``keypoints = "coco17"``)."""
+
+LAYOUT_OPTIONS = {
+    "keypoints": Key(str, "coco17", "Built-in keypoint layout (names, flip pairs, skeleton, OKS sigmas); the four "
+                                    "keys below replace its parts.", choices=tuple(LAYOUTS)),
+    "keypoint_names": Key(list, None, "Keypoint names in the data's order (a layout of your own: set the next "
+                                      "three keys too).", item=str),
+    "flip_pairs": Key(list, None, "0-based [left, right] index pairs that a horizontal flip swaps.", item=list),
+    "skeleton": Key(list, None, "0-based [a, b] index pairs linked when drawing poses.", item=list),
+    "sigmas": Key(list, None, "OKS sigma of each keypoint (COCO keypoint AP).", item=float, min=0),
+}
+"""A dataset type's options for its keypoint layout, read by :func:`keypoint_layout`."""
 
 _CONFIG_FIELDS = (("keypoint_names", "names"), ("flip_pairs", "flip_pairs"), ("skeleton", "skeleton"),
                   ("sigmas", "sigmas"))
