@@ -25,8 +25,12 @@ $(VENV)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 train: setup
 	$(BIN)/posecore train examples/quickstart.toml --resume
 
+# Test files are spread over TEST_WORKERS processes (pytest-xdist; a file's tests stay together, so its
+# fixtures are made once): most tests wait on subprocesses that start Python and torch on one core.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup
 	for script in overhead checkpoint startup data memory; do $(BIN)/python bench/$$script.py || exit 1; done

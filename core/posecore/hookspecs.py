@@ -33,17 +33,32 @@ def config_schema() -> Schema | None:
 
 @hookspec
 def vis_backends() -> Mapping[str, type] | None:
-    """Return ``{type name: class}`` of vis backends this plugin provides.
+    """Return ``{type name: class}`` of vis backends this plugin provides. This is the vis backend contract.
 
-    Called for every installed plugin; naming a type in ``visualizer.vis_backends`` activates its
-    plugin. A class is built as ``cls(vis_dir, resume_step, **options)`` (``vis_dir``: the ``vis_data``
-    folder; ``resume_step``: None, or the step a resumed run continues after, whose later records a
-    crash left behind are to be dropped), declares its options as a
-    ``options: Section`` class attribute and has ``add_scalars(scalars, step)``, ``add_config(text)``,
-    ``flush()`` (after each validation) and ``close()``. A backend with a ``state()`` method (plain values,
-    e.g. the id of a tracker's run) has it saved in each checkpoint; a run resumed from that checkpoint builds
-    it with ``resume_state=`` that dict, so that it continues the same tracker run.
-    :func:`posecore.vis.prediction_grid` draws the validation images a backend may log.
+    Called for every installed plugin; naming a type in ``visualizer.vis_backends`` activates its plugin, and
+    naming the plugin (``--plugin NAME``) when the config lists none of its types appends them with their
+    defaults. Backends exist on rank 0 only, and the core calls them from the loop's thread. A class is built as
+    ``cls(vis_dir, resume_step, **options)`` (``vis_dir``: the ``vis_data`` folder; ``resume_step``: None, or
+    the step a resumed run continues after, whose later records a crash left behind are to be dropped),
+    declares its options as a ``options: Section`` class attribute and has ``add_scalars(scalars, step)``,
+    ``add_config(text)``, ``flush()`` (after each validation) and ``close()`` (last, also after an error).
+
+    Optional, each called (with positional arguments) only on a backend that has it:
+
+    - ``state()``: plain values (e.g. the id of a tracker's run) saved in each checkpoint; a run resumed from
+      that checkpoint builds the backend with ``resume_state=`` that dict, so it continues the same tracker run.
+    - ``add_image(tag, image, step)`` with a ``num_images`` attribute (as a rule an option, 0: none): after each
+      validation ``add_image("val/predictions", grid, step)``, where ``grid`` is
+      :func:`posecore.vis.prediction_grid` of ``num_images`` validation crops, an (H, W, 3) uint8 array.
+    - ``checkpointed(step)``: the checkpoint of iteration ``step``, now the newest, is complete on disk. Called
+      right after a save, for ``checkpoint.async`` when the loop next sees the background write done (one done
+      and already overtaken by a newer one then is not told), and at the end of the run, once the last write
+      has finished, before ``close``; not for the checkpoint a run resumes from. A tracker that must not
+      receive a step twice across a kill and ``--resume`` sends only the steps up to it.
+    - ``summarize(hparams, metrics, step)``: once, before ``close``, when the run ends without an error and
+      validated at least once: ``hparams`` the run's main settings (:func:`posecore.vis.hparams`: optim.type,
+      optim.lr, optim.weight_decay, model.type, batch_size, max_iters, seed, codec.type, input_size),
+      ``metrics`` the last validation's, ``step`` the last iteration.
     """
 
 
@@ -76,7 +91,7 @@ def configure(config: dict[str, Any]) -> None:
     """Check or complete the merged, validated config (active plugins only).
 
     Raise :class:`posecore.errors.ConfigError` for a bad combination of values. May add entries
-    (e.g. a vis backend); the result is what ``posecore config`` prints and each run dumps.
+    (e.g. a value derived from others); the result is what ``posecore config`` prints and each run dumps.
     """
 
 

@@ -5,8 +5,10 @@ active when it is *named* (``plugins = ["amp"]`` in TOML or ``--plugin amp``) or
 *uses what it provides*: a top-level key or section it owns (``[amp]``, ``resume``, ``[randomness]``)
 or a vis backend type it registers (``TensorboardVisBackend``). A section whose ``enabled`` key is
 set to false does not activate. ``no:NAME`` (TOML or ``--plugin no:NAME``) blocks a plugin, which
-then may not be used. The CLI shorthands map onto config keys: ``--amp`` is ``amp.enabled=true``,
-``--resume`` is ``resume=true``, ``--resume PATH`` adds ``load_from=PATH``.
+then may not be used. A named plugin that provides vis backends, none of which ``visualizer.vis_backends``
+lists, gets them appended with their defaults: ``--plugin tensorboard`` alone logs to TensorBoard. The CLI
+shorthands map onto config keys: ``--amp`` is ``amp.enabled=true``, ``--resume`` is ``resume=true``,
+``--resume PATH`` adds ``load_from=PATH``.
 """
 
 from __future__ import annotations
@@ -223,7 +225,8 @@ def resolve(user: dict[str, Any], origin: Any, cli_plugins: Iterable[str] = (),
     for key, value in user.items():
         if not (isinstance(value, dict) and value.get("enabled") is False):
             use(key, owner_of.get(key), key)
-    backend_entries = _backend_entries(user, origin)
+    listed = _backend_entries(user, origin)
+    backend_entries = listed + _backends_of_named(wanted, types, listed)
     for entry in backend_entries:
         if isinstance(entry.get("type"), str):
             use(entry["type"], _owner(types, "vis_backend", entry["type"]), "visualizer.vis_backends")
@@ -403,6 +406,18 @@ def _check_layouts(config: Mapping[str, Any], plugin_set: PluginSet, origin: Any
     if counts[0] != counts[1]:
         raise ConfigError(f"train_dataloader.dataset has {counts[0]} keypoints but val_dataloader.dataset has "
                           f"{counts[1]}; one model predicts one layout")
+
+
+def _backends_of_named(named: Iterable[str], types: Provided, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The vis backends to append for the named plugins whose backends ``listed`` has none of, as ``{"type": ...}``
+    tables (validation fills in the defaults)."""
+    listed_types = {entry["type"] for entry in listed if isinstance(entry.get("type"), str)}
+    added = []
+    for plugin in named:
+        provided = [name for name, (owner, _) in types["vis_backend"].items() if owner == plugin]
+        if listed_types.isdisjoint(provided):
+            added += [{"type": name} for name in provided]
+    return added
 
 
 def _backend_entries(user: Mapping[str, Any], origin: Any) -> list[dict[str, Any]]:

@@ -73,6 +73,13 @@ class Codec(Protocol):
         """The output of mirrored inputs, mirrored back and with left/right keypoints swapped
         (``output[:, flip_indices]`` in keypoint order): the flip test averages it with the plain output."""
 
+    def crop_matrix(self, center: np.ndarray, scale: np.ndarray, rotation_deg: float,
+                    output_size: tuple[int, int]) -> np.ndarray:
+        """Optional: the (2, 3) matrix taking image coordinates into the crop (``decode`` undoes it). Without it
+        the core's :func:`posecore.pose.transforms.affine_matrix` is used (pixel centres at integers; the
+        crop's centre at ``((w - 1) / 2, (h - 1) / 2)``); a codec that follows another convention (MMPose's,
+        UDP's) gives its own."""
+
     def check_output(self, output: Output) -> None:
         """Raise :class:`posecore.errors.ConfigError` if a model's output (of a zero batch of one crop) does not
         fit this codec, saying which option to change."""

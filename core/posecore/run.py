@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-from posecore import __version__, checkpoint, data, dist, evaluation, rng
+from posecore import __version__, checkpoint, data, dist, evaluation, rng, vis
 from posecore.config import dumps, loads
 from posecore.data import build_loader
 from posecore.errors import CheckpointError, ConfigError, PosecoreError, StopRun
@@ -101,7 +101,7 @@ def evaluate(run: Run, weights: Path) -> dict[str, float]:
         run.open_run_dir()
         metrics, results = evaluation.score(run, run.hook.forward_context(run=run) or contextlib.nullcontext())
         if results:
-            path = run.run_dir / "predictions.keypoints.json"
+            path = run.run_dir / getattr(run.metric, "results_file", "predictions.json")
             path.write_text(json.dumps(results), encoding="utf-8")
             run.log.info("predictions written to %s", path)
         run.log.info("Test %s  %s", weights, format_scalars(metrics))
@@ -156,6 +156,9 @@ class Run:
         self.best: dict[str, Any] = {}
         self.last_checkpoint: Path | None = None
         """The newest checkpoint complete on disk (a background write counts once it is verified)."""
+        self._told: Path | None = None  # the last_checkpoint the backends were told of (checkpointed)
+        self.last_metrics: dict[str, float] | None = None
+        """The metrics of this run's latest validation (None before the first)."""
         self.resumed_from: Path | None = None
         self.model: torch.nn.Module | None = None
         self.train_model: torch.nn.Module | None = None
@@ -226,6 +229,7 @@ class Run:
                     cleanup.callback(backend.close)
                 cleanup.callback(self.hook.after_train, run=self, error=error)
                 cleanup.callback(self._close_loaders)
+                cleanup.callback(self._end_vis, error)
                 cleanup.callback(self.writer.join)  # never leave a checkpoint half-written
 
     def open_run_dir(self) -> None:
@@ -363,6 +367,7 @@ class Run:
         A resumed run continues the ``vis_data`` of the run it resumes, from the checkpoint's step on, so
         its scalars form one series with no repeated steps.
         """
+        self._told = self.last_checkpoint  # the checkpoint resumed from is no news to a backend
         if self.rank != 0:
             return
         self.vis_dir.mkdir(parents=True, exist_ok=True)
@@ -417,6 +422,8 @@ class Run:
         """Whether the loop stops now. Under torchrun the ranks decide together (a signal or a plugin's
         request may reach one rank an iteration before another); a single process just reads ``stopping``."""
         self.writer.check()  # a failed background checkpoint write ends the run here, with its reason
+        if self.last_checkpoint is not self._told:  # a background write finished (tested inline: every iteration)
+            self._tell_checkpointed()
         if self.world_size == 1:
             return self.stopping is not None
         code = dist.max_int(-1 if self.stopping is None else self.stopping[1])
@@ -480,10 +487,13 @@ class Run:
             backend.add_scalars(scalars, self.iteration)
 
     def validate(self, forward: Any = contextlib.nullcontext()) -> dict[str, float]:
-        """Score the model on the validation data, log it, call ``after_val``, keep the best checkpoint."""
+        """Score the model on the validation data, log it with the backends' prediction images, call
+        ``after_val``, keep the best checkpoint."""
         metrics, _ = evaluation.score(self, forward)
+        self.last_metrics = metrics
         self.hook.after_val(run=self, metrics=metrics)
         self.write_scalars({f"val/{name}": value for name, value in metrics.items()})
+        vis.add_predictions(self)
         for backend in self.backends:
             backend.flush()
         self.log.info("Iter(val) [%d]  %s", self.iteration, format_scalars(metrics))
@@ -562,7 +572,29 @@ class Run:
         self._saved_at = self.iteration
         if self.rank != 0:  # rank 0 writes; a failure is raised there, and on every rank by stop()
             self.last_checkpoint = path
+        self._tell_checkpointed()
         return path
+
+    def _tell_checkpointed(self) -> None:
+        """Call ``checkpointed(step)`` on the backends that have it when ``last_checkpoint`` has moved."""
+        if self.last_checkpoint is self._told:
+            return
+        self._told = self.last_checkpoint
+        step = checkpoint.iteration_of(self._told)
+        for backend in self.backends:
+            if hasattr(backend, "checkpointed"):
+                backend.checkpointed(step)
+
+    def _end_vis(self, error: BaseException | None) -> None:
+        """At the end, once no checkpoint write is in flight: tell the backends the last checkpoint, and after a
+        successful run that validated, ``summarize`` it."""
+        self._tell_checkpointed()
+        if error is not None or self.last_metrics is None:
+            return
+        settings = vis.hparams(self)
+        for backend in self.backends:
+            if hasattr(backend, "summarize"):
+                backend.summarize(settings, self.last_metrics, self.iteration)
 
     def _write(self, path: Path, state: dict[str, Any], then: Callable[[], None]) -> None:
         """Rank 0 writes ``state`` to ``path`` and then calls ``then`` (which moves pointers: only after a

@@ -1,4 +1,5 @@
-"""Vis backends: where logged scalars go. ``LocalVisBackend`` is the core's; plugins add more."""
+"""Vis backends: where logged scalars go. ``LocalVisBackend`` is the core's; plugins add more, under the contract
+in :func:`posecore.hookspecs.vis_backends`, whose optional methods the run serves with the helpers here."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from posecore.config import Section
 class LocalVisBackend:
     """Appends one JSON object per logging step to ``vis_data/scalars.json`` (MMEngine's format)."""
 
-    options = Section({}, "Appends each logging step's scalars to `vis_data/scalars.json` (MMEngine's format); no options.")
+    options = Section({}, "Appends each logging step's scalars to `vis_data/scalars.json` (MMEngine's format); "
+                          "no options.")
 
     def __init__(self, vis_dir: Path, resume_step: int | None = None) -> None:
         path = vis_dir / "scalars.json"
@@ -62,7 +64,7 @@ def prediction_grid(run: Any, count: int) -> Any:
 
     from posecore.evaluation import predict
     from posecore.pose.draw import draw_pose, grid, to_uint8
-    from posecore.pose.transforms import affine_matrix, transform_points
+    from posecore.pose.transforms import transform_points
 
     dataset = run.val_loader.dataset
     samples = [dataset[(0, i)] for i in range(min(count, len(dataset)))]
@@ -74,12 +76,34 @@ def prediction_grid(run: Any, count: int) -> Any:
     input_size = run.codec.input_size
     tiles = []
     for sample, keypoints in zip(samples, predicted.numpy()):
-        to_crop = affine_matrix(sample["center"], sample["scale"], 0.0, input_size)
+        to_crop = dataset.transform.crop_matrix(sample["center"], sample["scale"], 0.0, input_size)
         image = draw_pose(to_uint8(sample["img"]), transform_points(sample["keypoints"], to_crop), sample["visible"],
                           run.layout.skeleton, _GROUND_TRUTH)
         tiles.append(draw_pose(image, transform_points(keypoints, to_crop), np.ones(len(keypoints)),
                                run.layout.skeleton, _PREDICTED))
     return grid(tiles, columns=min(4, len(tiles)))
+
+
+def add_predictions(run: Any) -> None:
+    """Hand each backend with ``add_image`` and ``num_images`` > 0 the :func:`prediction_grid` of that many crops,
+    at ``run.iteration``; each size is drawn once."""
+    grids: dict[int, Any] = {}
+    for backend in run.backends:
+        count = getattr(backend, "num_images", 0)
+        if count > 0 and hasattr(backend, "add_image"):
+            if count not in grids:
+                grids[count] = prediction_grid(run, count)
+            backend.add_image("val/predictions", grids[count], run.iteration)
+
+
+def hparams(run: Any) -> dict[str, Any]:
+    """The run's main settings, as a backend's ``summarize`` gets them (e.g. TensorBoard's HParams), so that runs
+    compare side by side."""
+    config = run.config
+    return {"optim.type": config["optim"]["type"], "optim.lr": config["optim"]["lr"],
+            "optim.weight_decay": config["optim"]["weight_decay"], "model.type": config["model"]["type"],
+            "batch_size": config["train_dataloader"]["batch_size"], "max_iters": run.max_iters, "seed": run.seed,
+            "codec.type": config["codec"]["type"], "input_size": str(list(run.codec.input_size))}
 
 
 _GROUND_TRUTH, _PREDICTED = (60, 220, 60), (235, 50, 50)

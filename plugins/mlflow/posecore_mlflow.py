@@ -1,5 +1,5 @@
 """posecore-mlflow: ``MLflowVisBackend`` tracks a run in MLflow: every scalar at its step, the config (parameters
-and ``config.toml``), validation image grids and, at the end, the seed, length and final metrics.
+and ``config.toml``), validation image grids and, at the end, the run's main settings and final metrics.
 
     [[visualizer.vis_backends]]
     type = "MLflowVisBackend"
@@ -13,7 +13,7 @@ its defaults).
 
 One series across resumes: MLflow's metric history only grows, so a step that a killed run sent would repeat
 when the resumed run logs it again. The backend therefore sends a step only once a checkpoint holding it is on
-disk (looked at when an iteration starts and when the run ends) and keeps it in memory until then: what MLflow
+disk (the core says so: ``checkpointed``) and keeps it in memory until then: what MLflow
 has ends at a checkpoint, the checkpoint keeps the MLflow run id, and ``--resume`` reopens that run and
 goes on after the checkpoint's step. The price: MLflow shows the run as of its newest checkpoint
 (``checkpoint.interval``), and what a failed run did after it is not sent (the log and ``scalars.json`` have
@@ -91,7 +91,7 @@ class MLflowVisBackend:
         if self.new:
             self.client.log_batch(self.run_id, params=[Param(key, str(value)) for key, value in _flat(loads(text))])
 
-    def deliver(self, through: int) -> None:
+    def checkpointed(self, through: int) -> None:
         """Send what was logged up to step ``through``, which a checkpoint on disk holds."""
         if self.metrics and self.metrics[0].step <= through:
             ready = [metric for metric in self.metrics if metric.step <= through]
@@ -101,14 +101,15 @@ class MLflowVisBackend:
             step, when, key, image = self.images.pop(0)
             self.client.log_image(self.run_id, image, key=key, step=step, timestamp=when)
 
-    def summarize(self, metrics: Mapping[str, float], step: int, settings: Mapping[str, Any]) -> None:
-        """HParams-like: the final metrics as ``hparam/<name>`` at the last step, the seed and length as tags."""
+    def summarize(self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
+        """HParams-like: the final metrics as ``hparam/<name>`` at the last step, the main settings as tags (a
+        resumed run's parameters are the first run's; these are the values it ended with)."""
         from mlflow.entities import Metric, RunTag
 
         now = _milliseconds()
         self.client.log_batch(self.run_id, metrics=[Metric(f"hparam/{name}", float(value), now, step)
                                                     for name, value in metrics.items()],
-                              tags=[RunTag(key, str(value)) for key, value in settings.items()])
+                              tags=[RunTag(key, str(value)) for key, value in hparams.items()])
 
     def flush(self) -> None:
         """Nothing to do: every MLflow call is written through, and steps go out when a checkpoint holds them."""
@@ -142,48 +143,9 @@ def vis_backends() -> dict[str, type]:
 
 
 @hookimpl
-def configure(config: dict[str, Any]) -> None:
-    """``--plugin mlflow`` without the backend in the config adds it, with its defaults."""
-    backends = config["visualizer"]["vis_backends"]
-    if not any(entry["type"] == "MLflowVisBackend" for entry in backends):
-        defaults = {k: key.default for k, key in MLflowVisBackend.options.keys.items() if key.default is not None}
-        backends.append({"type": "MLflowVisBackend", **defaults})
-
-
-def _backends(run: Any) -> list[MLflowVisBackend]:
-    return [b for b in run.backends if isinstance(b, MLflowVisBackend)]
-
-
-def _deliver(run: Any) -> None:
-    from posecore.checkpoint import iteration_of
-
-    saved = iteration_of(run.last_checkpoint) if run.last_checkpoint is not None else None
-    if saved is not None:
-        for backend in _backends(run):
-            backend.deliver(saved)
-
-
-@hookimpl
-def before_iter(run: Any) -> None:
-    _deliver(run)  # right after the checkpoint the previous iteration may have saved
-
-
-@hookimpl
-def after_val(run: Any, metrics: Mapping[str, float]) -> None:
-    from posecore.vis import prediction_grid
-
-    run.plugin_data["mlflow"] = dict(metrics)
-    for backend in _backends(run):
-        if backend.num_images:
-            backend.add_image("val/predictions", prediction_grid(run, backend.num_images), run.iteration)
-
-
-@hookimpl
 def after_train(run: Any, error: BaseException | None) -> None:
-    _deliver(run)
-    metrics = run.plugin_data.get("mlflow")
-    for backend in _backends(run):
-        backend.status = ("FINISHED" if error is None else
-                          "KILLED" if isinstance(error, (StopRun, KeyboardInterrupt)) else "FAILED")
-        if error is None and metrics:
-            backend.summarize(metrics, run.iteration, {"seed": run.seed, "max_iters": run.max_iters})
+    """How the MLflow run ended: FINISHED, KILLED (stopped, or Ctrl-C) or FAILED; ``close`` records it."""
+    status = "FINISHED" if error is None else "KILLED" if isinstance(error, (StopRun, KeyboardInterrupt)) else "FAILED"
+    for backend in run.backends:
+        if isinstance(backend, MLflowVisBackend):
+            backend.status = status

@@ -1,10 +1,11 @@
 """posecore-tensorboard: ``TensorboardVisBackend`` writes event files into the run's ``vis_data`` folder.
 
 Active when ``visualizer.vis_backends`` names ``TensorboardVisBackend``, or with ``--plugin tensorboard``
-(which adds the backend without editing the config). Scalars share one step axis, the global
-iteration; a resumed run continues the same event files (``purge_step`` drops what a crash left after
-the checkpoint). At each validation it adds a grid of validation crops with the ground truth (green)
-and the prediction (red) drawn; at the end the run's hyper-parameters with its final metrics (HParams).
+(the core then adds the backend with its defaults, without editing the config). Scalars share one step
+axis, the global iteration; a resumed run continues the same event files (``purge_step`` drops what a
+crash left after the checkpoint). At each validation it adds a grid of validation crops with the ground
+truth (green) and the prediction (red) drawn; at the end the run's hyper-parameters with its final
+metrics (HParams).
 """
 
 from __future__ import annotations
@@ -40,11 +41,23 @@ class TensorboardVisBackend:
         values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in scalars.items()]
         self.writer.file_writer.add_summary(Summary(value=values), step)
 
+    def add_image(self, tag: str, image: Any, step: int) -> None:
+        self.writer.add_image(tag, image, step, dataformats="HWC")
+
     def add_config(self, text: str) -> None:
         self.writer.add_text("config", "```toml\n" + text + "\n```")
 
     def flush(self) -> None:
         self.writer.flush()
+
+    def summarize(self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
+        """HParams: the run's main settings beside its final metrics, so runs compare side by side."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        for summary in hparams_summary(dict(hparams), {f"hparam/{k}": v for k, v in metrics.items()}):
+            self.writer.file_writer.add_summary(summary, step)
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"hparam/{name}", value, step)
 
     def close(self) -> None:
         self.writer.close()
@@ -53,46 +66,3 @@ class TensorboardVisBackend:
 @hookimpl
 def vis_backends() -> dict[str, type]:
     return {"TensorboardVisBackend": TensorboardVisBackend}
-
-
-@hookimpl
-def configure(config: dict[str, Any]) -> None:
-    backends = config["visualizer"]["vis_backends"]
-    if not any(entry["type"] == "TensorboardVisBackend" for entry in backends):
-        defaults = {name: key.default for name, key in TensorboardVisBackend.options.keys.items()}
-        backends.append({"type": "TensorboardVisBackend", **defaults})
-
-
-def _writers(run: Any) -> list[TensorboardVisBackend]:
-    return [b for b in run.backends if isinstance(b, TensorboardVisBackend)]
-
-
-@hookimpl
-def after_val(run: Any, metrics: Mapping[str, float]) -> None:
-    from posecore.vis import prediction_grid
-
-    run.plugin_data["tensorboard"] = dict(metrics)
-    for backend in _writers(run):
-        if backend.num_images:
-            backend.writer.add_image("val/predictions", prediction_grid(run, backend.num_images), run.iteration,
-                                     dataformats="HWC")
-
-
-@hookimpl
-def after_train(run: Any, error: BaseException | None) -> None:
-    """HParams: the run's main settings beside its final metrics, so runs compare side by side."""
-    metrics = run.plugin_data.get("tensorboard")
-    if error is not None or not metrics:
-        return
-    config = run.config
-    hparams = {"optim.type": config["optim"]["type"], "optim.lr": config["optim"]["lr"],
-               "optim.weight_decay": config["optim"]["weight_decay"], "model.type": config["model"]["type"],
-               "batch_size": config["train_dataloader"]["batch_size"], "max_iters": run.max_iters,
-               "seed": run.seed, "codec.type": config["codec"]["type"], "input_size": str(list(run.codec.input_size))}
-    from torch.utils.tensorboard.summary import hparams as hparams_summary
-
-    for backend in _writers(run):
-        for summary in hparams_summary(hparams, {f"hparam/{k}": v for k, v in metrics.items()}):
-            backend.writer.file_writer.add_summary(summary, run.iteration)
-        for name, value in metrics.items():
-            backend.writer.add_scalar(f"hparam/{name}", value, run.iteration)

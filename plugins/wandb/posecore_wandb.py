@@ -1,5 +1,5 @@
 """posecore-wandb: ``WandbVisBackend`` tracks a run in Weights & Biases: every scalar at its step, the config,
-validation image grids and, at the end, the seed, length and final metrics (the run's summary).
+validation image grids and, at the end, the run's main settings and final metrics (the run's summary).
 
     [[visualizer.vis_backends]]
     type = "WandbVisBackend"
@@ -13,10 +13,10 @@ defaults). W&B's files go to the run's ``vis_data/wandb`` (``init_kwargs = {dir 
 
 One series across resumes: W&B drops a step lower than the last one it has, so a step that a killed run sent
 would stand instead of the resumed run's, and offline both would be in the files. The backend therefore sends a
-step only once a checkpoint holding it is on disk (looked at when an iteration starts and when the run ends) and
-keeps it in memory until then: what W&B has ends at a checkpoint, the checkpoint keeps the W&B run id, and
-``--resume`` continues that run (offline: a second ``offline-run-*-ID`` folder, which ``wandb sync`` uploads
-after the first) after the checkpoint's step. The price: W&B shows the run as of its newest checkpoint
+step only once a checkpoint holding it is on disk (the core says so: ``checkpointed``) and keeps it in memory
+until then: what W&B has ends at a checkpoint, the checkpoint keeps the W&B run id, and ``--resume`` continues
+that run (offline: a second ``offline-run-*-ID`` folder, which ``wandb sync`` uploads after the first) after the
+checkpoint's step. The price: W&B shows the run as of its newest checkpoint
 (``checkpoint.interval``), and what a failed run did after it is not sent (a resumed run logs those steps).
 W&B itself writes its files every 15 s and at the end: a hard kill (SIGKILL) loses what it had not written yet
 (``init_kwargs = {settings = {x_transaction_log_flush_interval = 1}}`` writes every second).
@@ -68,16 +68,16 @@ class WandbVisBackend:
 
         self.run.config.update(loads(text), allow_val_change=True)  # a resumed run may change values
 
-    def deliver(self, through: int) -> None:
+    def checkpointed(self, through: int) -> None:
         """Send what was logged up to step ``through``, which a checkpoint on disk holds."""
         while self.rows and (step := next(iter(self.rows))) <= through:
             self.run.log(self.rows.pop(step), step=step, commit=True)  # commit: written now, not with the next step
 
-    def summarize(self, metrics: Mapping[str, float], settings: Mapping[str, Any]) -> None:
-        """HParams-like: the final metrics in the run's summary as ``hparam/<name>``, the seed and length in its
-        config."""
+    def summarize(self, hparams: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
+        """HParams-like: the final metrics in the run's summary as ``hparam/<name>``, the main settings in its
+        config (``seed``, ``max_iters``: the values the run ended with)."""
         self.run.summary.update({f"hparam/{name}": value for name, value in metrics.items()})
-        self.run.config.update(dict(settings), allow_val_change=True)
+        self.run.config.update(dict(hparams), allow_val_change=True)
 
     def flush(self) -> None:
         """Nothing to do: W&B writes on its own, and steps go out when a checkpoint holds them."""
@@ -99,47 +99,9 @@ def vis_backends() -> dict[str, type]:
 
 
 @hookimpl
-def configure(config: dict[str, Any]) -> None:
-    """``--plugin wandb`` without the backend in the config adds it, with its defaults."""
-    backends = config["visualizer"]["vis_backends"]
-    if not any(entry["type"] == "WandbVisBackend" for entry in backends):
-        defaults = {k: key.default for k, key in WandbVisBackend.options.keys.items() if key.default is not None}
-        backends.append({"type": "WandbVisBackend", **defaults})
-
-
-def _backends(run: Any) -> list[WandbVisBackend]:
-    return [b for b in run.backends if isinstance(b, WandbVisBackend)]
-
-
-def _deliver(run: Any) -> None:
-    from posecore.checkpoint import iteration_of
-
-    saved = iteration_of(run.last_checkpoint) if run.last_checkpoint is not None else None
-    if saved is not None:
-        for backend in _backends(run):
-            backend.deliver(saved)
-
-
-@hookimpl
-def before_iter(run: Any) -> None:
-    _deliver(run)  # right after the checkpoint the previous iteration may have saved
-
-
-@hookimpl
-def after_val(run: Any, metrics: Mapping[str, float]) -> None:
-    from posecore.vis import prediction_grid
-
-    run.plugin_data["wandb"] = dict(metrics)
-    for backend in _backends(run):
-        if backend.num_images:
-            backend.add_image("val/predictions", prediction_grid(run, backend.num_images), run.iteration)
-
-
-@hookimpl
 def after_train(run: Any, error: BaseException | None) -> None:
-    _deliver(run)
-    metrics = run.plugin_data.get("wandb")
-    for backend in _backends(run):
-        backend.exit_code = 0 if error is None else getattr(error, "exit_code", 1)
-        if error is None and metrics:
-            backend.summarize(metrics, {"seed": run.seed, "max_iters": run.max_iters})
+    """The W&B run's exit code: 0, or the error's (e.g. 143 for SIGTERM), else 1; ``close`` records it."""
+    exit_code = 0 if error is None else getattr(error, "exit_code", 1)
+    for backend in run.backends:
+        if isinstance(backend, WandbVisBackend):
+            backend.exit_code = exit_code

@@ -109,6 +109,7 @@ class TopDownTransform:
     ) -> None:
         self.codec = codec
         self.input_size = tuple(codec.input_size)
+        self.crop_matrix = getattr(codec, "crop_matrix", affine_matrix)
         self.flip_pairs = tuple(tuple(pair) for pair in flip_pairs)
         self.train = train
         self.flip_prob = flip_prob
@@ -124,7 +125,7 @@ class TopDownTransform:
         crop_scale, rotation, flip = scale, 0.0, False
         if self.train and rng is not None:
             crop_scale, rotation, flip = self._draw_augmentation(scale, rng)
-        matrix = affine_matrix(center, crop_scale, rotation, self.input_size)
+        matrix = self.crop_matrix(center, crop_scale, rotation, self.input_size)
         keypoints = np.asarray(record["keypoints"], dtype=np.float32)
         visible = np.asarray(record["visible"], dtype=np.float32)
         if flip:
