@@ -231,7 +231,8 @@ def test_a_type_nobody_provides_lists_the_installed_ones_and_two_providers_of_on
     result = posecore("config", str(tiny_config), "--cfg-options", "model.type=HRNet")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"posecore: error: --cfg-options: unknown model.type 'HRNet'; installed: TopDownHeatmapNet (core)"]
+        "posecore: error: --cfg-options: unknown model.type 'HRNet'; installed: TopDownHeatmapNet (core), "
+        "TopdownPoseEstimator (core)"]
     with pytest.raises(PosecoreError, match="model type 'ScaledNet' is provided by plugins 'a' and 'b'; uninstall one"):
         resolve(dict(TINY_CONFIG, work_dir="wd"), lambda key: "test", installed=[],
                 extra=[module_plugin("a", _TypesPlugin()), module_plugin("b", _TypesPlugin())])

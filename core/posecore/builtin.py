@@ -31,7 +31,8 @@ def vis_backends() -> dict[str, type]:
 # References, not classes: `posecore plugins` lists the types without importing torch.
 @hookimpl
 def model_types() -> dict[str, str]:
-    return {"TopDownHeatmapNet": "posecore.pose.model:TopDownHeatmapNet"}
+    return {"TopDownHeatmapNet": "posecore.pose.model:TopDownHeatmapNet",
+            "TopdownPoseEstimator": "posecore.pose.mmpose_models:TopdownPoseEstimator"}
 
 
 @hookimpl
@@ -42,7 +43,9 @@ def dataset_types() -> dict[str, str]:
 
 @hookimpl
 def codec_types() -> dict[str, str]:
-    return {"GaussianHeatmap": "posecore.pose.heatmap:GaussianHeatmap"}
+    return {"GaussianHeatmap": "posecore.pose.heatmap:GaussianHeatmap",
+            "MSRAHeatmap": "posecore.pose.mmpose_codecs:MSRAHeatmap",
+            "UDPHeatmap": "posecore.pose.mmpose_codecs:UDPHeatmap"}
 
 
 @hookimpl
@@ -66,7 +69,8 @@ def configure(config: dict[str, Any]) -> None:
 
 @hookimpl(trylast=True)
 def before_train(run: Run) -> None:
-    """Unless resumed: ``load_from`` (weights only, iteration 0), else ``model.init_weights``."""
+    """Unless resumed: ``load_from`` (weights only, iteration 0), else ``model.init_weights``, else the model's
+    own pretrained parts (``load_pretrained``, e.g. an ImageNet backbone)."""
     init_weights = run.config["model"].get("init_weights")
     if run.resumed_from is not None:
         if init_weights:
@@ -76,6 +80,8 @@ def before_train(run: Run) -> None:
         run.load_weights(run.config["load_from"])
     elif init_weights:
         run.load_weights(init_weights)
+    elif hasattr(run.model, "load_pretrained"):
+        run.model.load_pretrained(run.log)
 
 
 @hookimpl(trylast=True)

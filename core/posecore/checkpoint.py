@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic writes, safe loading, the ``last_checkpoint``/``latest.pth`` pointers, pruning.
+"""Checkpoint files: atomic writes, safe loading, the ``last_checkpoint``/``latest.pth`` pointers, pruning;
+weights from MMPose's checkpoints and pretrained backbones from ImageNet files (:func:`init_from`).
 
 A checkpoint is a plain dict of tensors and plain values, loaded with ``torch.load(weights_only=True)``
 so that opening an untrusted file cannot run code. Beside each one, ``<name>.xxh128`` (its XXH3-128
@@ -6,21 +7,27 @@ checksum in the line format of ``xxhsum``, so ``xxhsum -c`` checks it too) is wr
 checkpoint is complete; loading verifies it, so a corrupt or truncated file is refused rather than
 half-read. XXH3 rather than SHA-256: it detects corruption as well and costs about 4 ms instead of
 35 ms on a 40 MB checkpoint here (tampering is not its job: ``weights_only`` loading is).
+
+Weights files of MMPose/MMEngine also hold numpy arrays (the dataset metainfo in ``meta``) and, from a
+training run, MMEngine's training state: :func:`read_weights` admits the first and skips the second.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
+import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import xxhash
 
-from posecore.errors import CheckpointError
+from posecore.errors import CheckpointError, InputError
 
 FORMAT = "posecore-checkpoint-1"
 LAST_CHECKPOINT = "last_checkpoint"
@@ -193,18 +200,60 @@ def load(path: str | Path) -> dict[str, Any]:
     return state
 
 
+class _NotLoaded:
+    """Stands in for MMEngine's training state (``message_hub``'s HistoryBuffer, whose pickle calls
+    ``getattr(HistoryBuffer, 'min')``): not weights, so neither imported nor built; the stand-ins do nothing."""
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def _numpy_globals() -> list[Any]:
+    """What pickled numpy arrays, scalars and their dtypes need, of booleans, integers and floats only, under the
+    names of numpy 1.x (``numpy.core``) and 2.x (``numpy._core``): the functions and classes that rebuild them
+    from raw bytes, nothing that can import or call anything else."""
+    reconstruct, scalar = np.zeros(0).__reduce__()[0], np.float64(0).__reduce__()[0]
+    kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.float16,
+             np.float32, np.float64)
+    return [*((function, f"{package}.multiarray.{function.__name__}") for function in (reconstruct, scalar)
+              for package in ("numpy.core", "numpy._core")),
+            np.ndarray, np.dtype, *(type(np.dtype(kind)) for kind in kinds)]
+
+
+_FOREIGN_GLOBALS: Sequence[Any] = (*_numpy_globals(), (_NotLoaded, "mmengine.logging.history_buffer.HistoryBuffer"),
+                                  (_NotLoaded, "builtins.getattr"))
+"""What :func:`read_weights` admits beyond torch's ``weights_only`` defaults, for MMPose's and MMEngine's files:
+the numpy types of ``meta['dataset_meta']`` (and of the numpy scalars MMEngine logs), and inert stand-ins for
+MMEngine's training state."""
+
+
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str | None]:
     """Model weights from a posecore checkpoint with the config it recorded (TOML), or from a file holding a
-    plain state_dict (config None)."""
-    state = _read(Path(path))
-    weights = state.get("model", state) if isinstance(state, dict) else None
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+    plain state_dict or MMPose's ``{"meta": ..., "state_dict": ...}`` (config None).
+
+    An MMEngine training checkpoint loads too: its numpy values come back as numpy, its ``message_hub`` holds
+    stand-ins that do nothing. Any other pickled object is refused, by the name of its global.
+    """
+    state = _read(Path(path), _FOREIGN_GLOBALS)
+    weights = _weights_in(state)
+    if weights is None:
         raise CheckpointError(f"{path}: holds no model weights (neither a posecore checkpoint nor a state_dict)")
     recorded = state.get("config") if weights is not state else None
     return weights, recorded if isinstance(recorded, str) else None
 
 
-def _read(path: Path) -> Any:
+def _weights_in(state: Any) -> dict[str, torch.Tensor] | None:
+    """The state_dict in a posecore (``model``) or MMEngine (``state_dict``) checkpoint, or ``state`` itself."""
+    weights = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else None
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return None
+    return weights
+
+
+def _read(path: Path, allowed: Sequence[Any] = ()) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     data = path.read_bytes()
@@ -213,13 +262,21 @@ def _read(path: Path) -> Any:
         raise CheckpointError(f"{path}: checksum mismatch with {checksum_path(path).name}: the file is corrupt or "
                               f"was cut short; use an older checkpoint")
     try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         if "weights_only" in str(err) or "Unsupported global" in str(err):
-            reason = "it contains pickled Python objects, which posecore refuses to load (they could run code)"
+            named = re.search(r"GLOBAL (\S+)", str(err))
+            reason = "it contains pickled Python objects, which posecore refuses to load (they could run code)" + \
+                     (f": {named.group(1)}" if named else "")
         raise CheckpointError(f"{path}: not a loadable checkpoint: {reason}") from None
     return state
+
+
+def first_line(err: Exception) -> str:
+    """The first line of ``err``'s message, or its type's name when it has none: the reason in a one-line error."""
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _expected_checksum(path: Path) -> str | None:
@@ -237,10 +294,8 @@ def load_model_weights(model: torch.nn.Module, weights: dict[str, Any], path: st
     Not ``strict``: load what fits and return the names of the keys left out.
     """
     own = model.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    wrong = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
-    problems = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+    missing, unexpected, wrong = _mismatches(own, weights)
+    problems = [f"{label}: {_first_few(keys)}"
                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
                 if keys]
     if problems and strict:
@@ -248,6 +303,103 @@ def load_model_weights(model: torch.nn.Module, weights: dict[str, Any], path: st
                               f"and [codec] against the run that saved it, or set load_strict = false")
     model.load_state_dict({k: v for k, v in weights.items() if k in own and k not in wrong}, strict=False)
     return missing + unexpected + wrong
+
+
+def _mismatches(own: dict[str, Any], weights: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """The keys of ``own`` that ``weights`` lacks, those it has beyond ``own``, and those of another shape."""
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    wrong = [k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]
+    return missing, unexpected, wrong
+
+
+def _first_few(keys: Sequence[str]) -> str:
+    return f"{', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+
+
+PRETRAINED: dict[str, str] = {
+    **{f"torchvision://{name}": f"https://download.pytorch.org/models/{name}-{digest}.pth" for name, digest in (
+        ("resnet18", "f37072fd"), ("resnet34", "b627a593"), ("resnet50", "0676ba61"), ("resnet101", "63fe2227"),
+        ("resnet152", "394f9c45"))},
+    **{f"open-mmlab://msra/{name}": f"https://download.openmmlab.com/pretrain/third_party/{name}-{digest}.pth"
+       for name, digest in (("hrnetv2_w18_small", "b5a04e21"), ("hrnetv2_w18", "00eb2006"),
+                            ("hrnetv2_w32", "dc9eeb4f"), ("hrnetv2_w40", "ed0b031c"), ("hrnetv2_w48", "d2186c55"))},
+    **{f"mmcls://resnet{depth}_v1d": f"https://download.openmmlab.com/mmclassification/v0/resnet/"
+                                     f"resnetv1d{depth}_b32x8_imagenet_20210531-{digest}.pth"
+       for depth, digest in (("50", "db14775a"), ("101", "6e13bcd3"), ("152", "278cf22a"))},
+}
+"""The ImageNet weights that MMPose's configs name, by their MMEngine names, as MMEngine resolves them
+(``torchvision://resnet50`` is torchvision's IMAGENET1K_V1 file)."""
+
+
+def init_from(module: torch.nn.Module, source: str, log: logging.Logger) -> None:
+    """Load pretrained weights into a backbone, not strictly, as MMEngine's ``Pretrained`` init does.
+
+    ``source`` is a local file, an http(s) URL or a name of :data:`PRETRAINED` (downloaded into torch.hub's
+    cache). The file may be a plain state_dict (torchvision's, with the ``fc.*`` the backbone lacks) or
+    ``{"state_dict": ...}`` (MMPose's/MMEngine's); a ``module.`` prefix is dropped, and from keys under
+    ``backbone.`` (a whole model's, or mmcls's) only those are taken. Missing and unexpected keys are logged, a
+    file of which nothing fits is a CheckpointError.
+    """
+    path = _pretrained_file(source, log)
+    weights = _weights_in(_read(path, _FOREIGN_GLOBALS))
+    if weights is None:
+        raise CheckpointError(f"init_from {source}: {path} holds no state_dict")
+    weights = {key[len("module."):] if key.startswith("module.") else key: value for key, value in weights.items()}
+    own = module.state_dict()
+    part = ""
+    if any(key.startswith("backbone.") for key in weights) and not any(key.startswith("backbone.") for key in own):
+        weights, part = {key[len("backbone."):]: value for key, value in weights.items()
+                         if key.startswith("backbone.")}, " (its backbone.* entries)"
+    missing, unexpected, wrong = _mismatches(own, weights)
+    if len(missing) + len(wrong) == len(own):
+        raise CheckpointError(f"init_from {source}: no weight of {path}{part} fits {type(module).__name__} (it has "
+                              f"{_first_few(list(weights))}; the module {_first_few(list(own))}): a file for another "
+                              f"architecture?")
+    load_model_weights(module, weights, path, strict=False)
+    log.info("initialised %s from %s%s: %d of its %d tensors", type(module).__name__, source, part,
+             len(own) - len(missing) - len(wrong), len(own))
+    # BatchNorm's num_batches_tracked matters only with momentum None, and older files lack it: not worth a warning.
+    missing = [key for key in missing if not key.endswith(".num_batches_tracked")]
+    for keys, level, what in ((missing, logging.WARNING, "left as initialised, missing from the file"),
+                              (wrong, logging.WARNING, "left as initialised, of another shape in the file"),
+                              (unexpected, logging.INFO, "in the file but not in the module, ignored")):
+        if keys:
+            log.log(level, "init_from %s: %d %s: %s", source, len(keys), what, _first_few(keys))
+
+
+def _pretrained_file(source: str, log: logging.Logger) -> Path:
+    forms = f"a local file, an http(s) URL or one of {', '.join(PRETRAINED)}"
+    url = PRETRAINED.get(source, source)
+    if url.startswith(("http://", "https://")):
+        return hub_file(url, f"init_from {source}", log, "; or set init_from to the path of a local copy")
+    if "://" in source:
+        raise InputError(f"init_from {source}: unknown name; init_from takes {forms}")
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"init_from {source}: file not found; init_from takes {forms}")
+    return path
+
+
+def hub_file(url: str, where: str, log: logging.Logger, otherwise: str = "") -> Path:
+    """The file of ``url`` in torch.hub's cache (``checkpoints`` in ``torch.hub.get_dir()``), downloaded there
+    first if missing. A failed download is an InputError that begins with ``where`` and says where to get the
+    file and where to put it, then ``otherwise``."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    target = folder / url.rsplit("/", 1)[-1]
+    if target.is_file():
+        return target
+    log.info("downloading %s into %s", url, folder)
+    hashed = torch.hub.HASH_REGEX.search(target.name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(target), hashed.group(1) if hashed else None,
+                                       progress=sys.stderr.isatty())
+    except Exception as err:  # offline, a proxy, an HTTP error, a wrong hash: the remedy is the same
+        raise InputError(f"{where}: {target.name} is not in torch.hub's cache and the download failed "
+                         f"({first_line(err)}): download {url} into {folder} (TORCH_HOME moves the cache)"
+                         f"{otherwise}") from None
+    return target
 
 
 def iteration_of(path: Path) -> int | None:

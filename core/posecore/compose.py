@@ -66,7 +66,7 @@ class Composition:
     def explain(self, config: Mapping[str, Any]) -> str:
         """Each key of ``config`` (the validated config) as ``key = value  # where it came from``: valid TOML."""
         lines: dict[Path, dict[str, int]] = {}
-        rows = [(f"{key} = {_toml_value(value)}", self._describe(key, lines)) for key, value in _leaves(config)]
+        rows = [(f"{key} = {_toml_value(value)}", self._describe(key, lines)) for key, value in leaves(config)]
         width = max((len(text) for text, _ in rows if len(text) <= 60), default=0)
         return "".join(f"{text.ljust(width)}  # {source}\n" for text, source in rows)
 
@@ -266,7 +266,7 @@ def _keys(config: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
         yield from _paths(value, name)
 
 
-def _leaves(config: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+def leaves(config: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
     """Each value of ``config`` that is not a table, with its dotted key."""
     return ((key, value) for key, value in _keys(config) if not isinstance(value, dict))
 
@@ -291,6 +291,6 @@ def _line_numbers(text: str) -> dict[str, int]:
 
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """The values that differ between two configs, as ``(dotted key, old value, new value)``; None: not set."""
-    before, after = dict(_leaves(old)), dict(_leaves(new))
+    before, after = dict(leaves(old)), dict(leaves(new))
     return [(key, before.get(key), after.get(key)) for key in dict.fromkeys([*before, *after])
             if before.get(key) != after.get(key)]

@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -117,34 +116,16 @@ def _import_torchvision(choice: DetectorChoice) -> ModuleType:
         raise InputError(f"{choice}: needs torchvision: pip install 'posecore[detect]' (a torchvision built for "
                          f"torch {torch.__version__})") from None
     except Exception as err:  # installed, but built for another torch (e.g. a CUDA build beside a CPU torch)
-        raise InputError(f"{choice}: torchvision does not load with torch {torch.__version__} ({_first_line(err)}); "
-                         f"install the torchvision built for this torch (for a CPU torch: pip install torchvision "
-                         f"--index-url https://download.pytorch.org/whl/cpu)") from None
+        raise InputError(f"{choice}: torchvision does not load with torch {torch.__version__} "
+                         f"({checkpoint.first_line(err)}); install the torchvision built for this torch (for a CPU "
+                         f"torch: pip install torchvision --index-url https://download.pytorch.org/whl/cpu)") from None
     return torchvision
 
 
 def _coco_weights_file(torchvision: ModuleType, name: str, log: logging.Logger) -> Path:
     """torchvision's COCO weights of ``name`` in torch.hub's cache, downloaded there first if missing."""
-    url = torchvision.models.get_model_weights(name).DEFAULT.url
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    target = folder / url.rsplit("/", 1)[-1]
-    if target.is_file():
-        return target
-    log.info("downloading the COCO weights of %s from %s to %s", name, url, folder)
-    hashed = torch.hub.HASH_REGEX.search(target.name)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(target), hashed.group(1) if hashed else None,
-                                       progress=sys.stderr.isatty())
-    except Exception as err:  # offline, a proxy, an HTTP error, a wrong hash: the remedy is the same
-        raise InputError(f"--detector {name}: its COCO weights are not in torch.hub's cache and the download failed "
-                         f"({_first_line(err)}): download {url} into {folder} (TORCH_HOME moves the cache), or pass a "
-                         f"local file: --detector {name}=PATH") from None
-    return target
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return checkpoint.hub_file(torchvision.models.get_model_weights(name).DEFAULT.url, f"--detector {name}", log,
+                               f", or pass a local file: --detector {name}=PATH")
 
 
 @torch.inference_mode()

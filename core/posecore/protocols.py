@@ -21,6 +21,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence, Union
 
 if TYPE_CHECKING:
+    import logging
+
     import numpy as np
     import torch
 
@@ -97,6 +99,11 @@ class Model(Protocol):
 
     def loss(self, output: Output, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The scalar training loss of ``output`` against the codec's targets in ``batch``."""
+
+    def load_pretrained(self, log: logging.Logger) -> None:
+        """Optional: load pretrained parts (e.g. an ImageNet backbone, ``backbone.init_from``). Called once by a
+        training run that starts from scratch: not when it resumes or loads ``load_from``/``model.init_weights``,
+        and never by ``posecore test``, ``predict`` or ``load_model``, whose weights replace them anyway."""
 
 
 class Metric(Protocol):

@@ -763,15 +763,18 @@ def _pick_device(name: str) -> torch.device:
     return device
 
 
-_NOT_IN_THE_WEIGHTS = ("flip_test", "init_weights", "dropout")
-"""Model keys that do not change what trained weights compute."""
+_NOT_IN_THE_WEIGHTS = ("flip_test", "init_weights", "init_from", "dropout")
+"""Model keys (at any depth, e.g. ``model.backbone.init_from``) that do not change what trained weights compute."""
 
 
 def _trained_for(config: dict[str, Any], layout_of: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
     """What a model's weights mean under ``config``: model, codec and keypoint layout, as flat keys."""
+    from posecore.compose import leaves
+
     layout = layout_of(config["val_dataloader"]["dataset"])
-    return {**{f"model.{key}": value for key, value in config["model"].items() if key not in _NOT_IN_THE_WEIGHTS},
-            **{f"codec.{key}": value for key, value in config["codec"].items()},
+    return {**{f"model.{key}": value for key, value in leaves(config["model"])
+               if key.rsplit(".", 1)[-1] not in _NOT_IN_THE_WEIGHTS},
+            **{f"codec.{key}": value for key, value in leaves(config["codec"])},
             "keypoints": list(layout.names), "flip_pairs": [list(pair) for pair in layout.flip_pairs]}
 
 

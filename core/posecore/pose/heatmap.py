@@ -54,13 +54,19 @@ class GaussianHeatmap:
         return output.flip(-1)[:, flip_indices]
 
     def check_output(self, output: torch.Tensor) -> None:
-        if not isinstance(output, torch.Tensor) or output.dim() != 4:
-            raise ConfigError(f"codec.type GaussianHeatmap decodes heatmaps (N, K, h, w) but the model outputs "
-                              f"{_shape(output)}; choose the codec the model's head was made for")
-        if list(output.shape[-2:]) != list(self.heatmap_size[::-1]):
-            raise ConfigError(f"codec.heatmap_size is {list(self.heatmap_size)} but the model outputs "
-                              f"[{output.shape[-1]}, {output.shape[-2]}] for codec.input_size {list(self.input_size)}; "
-                              f"set codec.heatmap_size = [{output.shape[-1]}, {output.shape[-2]}]")
+        check_heatmap_output(self, output)
+
+
+def check_heatmap_output(codec: Any, output: Any) -> None:
+    """Raise a one-line ConfigError, naming what to set, unless ``output`` is heatmaps (N, K, h, w) of the size
+    ``codec.heatmap_size`` (w, h) gives: what every heatmap codec's ``check_output`` asks."""
+    if not isinstance(output, torch.Tensor) or output.dim() != 4:
+        raise ConfigError(f"codec.type {type(codec).__name__} decodes heatmaps (N, K, h, w) but the model outputs "
+                          f"{_shape(output)}; choose the codec the model's head was made for")
+    if list(output.shape[-2:]) != list(codec.heatmap_size[::-1]):
+        raise ConfigError(f"codec.heatmap_size is {list(codec.heatmap_size)} but the model outputs "
+                          f"[{output.shape[-1]}, {output.shape[-2]}] for codec.input_size {list(codec.input_size)}; "
+                          f"set codec.heatmap_size = [{output.shape[-1]}, {output.shape[-2]}]")
 
 
 def _shape(output: Any) -> str:
