@@ -25,12 +25,12 @@ $(VENV)/.installed: pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 train: setup
 	$(BIN)/posecore train examples/quickstart.toml --resume
 
-# Test files are spread over TEST_WORKERS processes (pytest-xdist; a file's tests stay together, so its
-# fixtures are made once): most tests wait on subprocesses that start Python and torch on one core.
+# Tests are spread over TEST_WORKERS processes (pytest-xdist; an idle one takes queued tests from a busy one),
+# each with one torch thread (tests/conftest.py): most tests wait on subprocesses that start Python and torch.
 TEST_WORKERS ?= 2
 
 test: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 bench: setup
 	for script in overhead checkpoint startup data memory; do $(BIN)/python bench/$$script.py || exit 1; done

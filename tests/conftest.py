@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from coco_synth import SyntheticCoco, write_synthetic_coco
 from helpers import SHARED_COCO, CocoFiles, require_shared_data, write_tiny_config
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several test processes share the cores: one thread each (and in the runs they start) instead of every
+    # process's torch taking all the cores, which made the suite slower than one process alone.
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
