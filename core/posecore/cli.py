@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import click
 
 from posecore import __version__
-from posecore.errors import PosecoreError, StopRun
+from posecore.errors import InputError, PosecoreError, StopRun
 
 EXAMPLES = """
 \b
@@ -25,11 +25,23 @@ Examples:
   posecore test run.toml --checkpoint work_dirs/run/iter_1000.pth
   posecore predict photo.jpg --config run.toml --checkpoint ckpt.pth --detector fasterrcnn_mobilenet_v3_large_fpn
   posecore config run.toml --cfg-options optim.lr=1e-3
+  posecore config import td-hm_res50_8xb64-210e_coco-256x192.py --out res50.toml   # from an MMPose config
   posecore plugins --config run.toml
 """
 
 
-@click.group(epilog=EXAMPLES)
+class _Commands(click.Group):
+    """posecore's commands, and ``posecore config import``: ``config`` takes a CONFIG argument, so its ``import`` is
+    a command of its own that the word routes to (a config file named ``import`` is ``./import``)."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                            list[str]]:
+        if args[:2] == ["config", "import"]:
+            return "config import", config_import, args[2:]
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=_Commands, epilog=EXAMPLES)
 @click.version_option(__version__, prog_name="posecore")
 def cli() -> None:
     """posecore: train top-down heatmap pose models from TOML configs, extended by plugins.
@@ -170,7 +182,10 @@ def predict(images: tuple[Path, ...], config_path: Path, checkpoint: Path, boxes
 @_config_options
 def config(config: Path | None, reference: bool, explain: bool, plugins: tuple[str, ...], cfg_options: tuple[str, ...],
            **shorthands: Any) -> None:
-    """Print the merged, validated CONFIG with every default, as TOML."""
+    """Print the merged, validated CONFIG with every default, as TOML.
+
+    `posecore config import FILE.py` converts an MMPose config instead (see its --help).
+    """
     from posecore import config as config_module
 
     if reference:
@@ -179,7 +194,7 @@ def config(config: Path | None, reference: bool, explain: bool, plugins: tuple[s
         click.echo(reference_page())
         return
     if config is None:
-        raise click.UsageError("missing CONFIG (or --reference)")
+        raise click.UsageError("missing CONFIG (or --reference, or import FILE.py)")
     from posecore.compose import compose
     from posecore.plugins import load_config
 
@@ -187,6 +202,43 @@ def config(config: Path | None, reference: bool, explain: bool, plugins: tuple[s
     settings, _ = load_config(config, overrides, plugins)
     # Composing again is cheap and gives where each value came from, for the config load_config validated.
     click.echo(compose(config, overrides).explain(settings) if explain else config_module.dumps(settings), nl=False)
+
+
+@click.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the TOML here, its paths relative to its folder (default: print it, paths relative to the "
+                   "current directory).")
+@click.option("--train-samples", type=click.IntRange(min=1), metavar="N",
+              help="The training persons (COCO train2017: 149813), to turn MMPose's epochs (milestones, validation "
+                   "and checkpoint intervals) into iterations. Default: counted in the training annotation file when "
+                   "it is readable; otherwise those settings are listed as not translated.")
+@click.option("--total-batch", type=click.IntRange(min=1), metavar="N",
+              help="The total batch (batch_size x processes) that an epoch's iterations are counted for. Default: "
+                   "auto_scale_lr.base_batch_size (MMPose's recipe: 8 x 64 = 512), else batch_size.")
+def config_import(file: Path, out: Path | None, train_samples: int | None, total_batch: int | None) -> None:
+    """Convert the MMPose 1.x config FILE.py, with its _base_ files, into a posecore TOML.
+
+    The Python files are read, never run: posecore evaluates only the literal subset MMPose's configs are written in
+    (dict(...), lists, numbers, strings, names, _base_.NAME, arithmetic) and refuses anything else with the file and
+    line. MMPose's paths are relative to the folder MMPose runs in: run this there. The MMPose settings posecore has
+    no key for are listed at the top of the TOML, one per line. Check the result with `posecore config OUT.toml`.
+    """
+    from posecore.mmpose_import import import_config
+
+    imported = import_config(file, Path.cwd() if out is None else out.parent, train_samples, total_batch)
+    count = len(imported.untranslated)
+    summary = f"{count} MMPose setting(s) not translated, listed at the top" if count else "every setting translated"
+    if out is None:
+        click.echo(imported.toml(), nl=False)
+        click.echo(f"posecore: {summary}", err=True)
+        return
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(imported.toml(), encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"{out}: cannot write ({err.strerror or err})") from None
+    click.echo(f"posecore: wrote {out}; {summary}", err=True)
 
 
 @cli.command()
