@@ -111,17 +111,23 @@ Schema = Mapping[str, Union[Key, Section, Variants, Types]]
 Origin = Callable[[str], str]
 
 
+def read_text(path: Path, where: str, expected: str) -> str:
+    """The UTF-8 text of a config file; a missing, folder or undecodable one is a ConfigError beginning with
+    ``where`` (the file, or the chain of files that named it) and naming what was ``expected``."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: is a directory, expected {expected}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Parse a TOML file; syntax errors name the file, line and column."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a .toml config file") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    text = read_text(path, str(path), "a .toml config file")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

@@ -20,6 +20,7 @@ from collections import ChainMap
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from posecore.config import read_text
 from posecore.errors import ConfigError
 
 BASE = "_base_"
@@ -44,14 +45,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 def _read(file: Path, chain: tuple[str, ...], seen: tuple[Path, ...]) -> dict[str, Any]:
     where = " -> ".join(chain)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: config file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{where}: is a directory, expected an MMEngine .py config") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    text = read_text(file, where, "an MMEngine .py config")
     try:
         tree = ast.parse(text, str(file))
     except SyntaxError as err:
