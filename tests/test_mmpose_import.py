@@ -22,14 +22,10 @@ TOPDOWN = GOLDEN / "mmpose_configs" / "body_2d_keypoint" / "topdown_heatmap" / "
 RES50 = TOPDOWN / "td-hm_res50_8xb64-210e_coco-256x192.py"
 HRNET = TOPDOWN / "td-hm_hrnet-w32_8xb64-210e_coco-256x192.py"
 COCO_TRAIN_PERSONS = 149813  # COCO train2017's persons with keypoints, as the examples count an epoch
-NO_SHIFT = "  (MMPose's default; posecore has no box shift)"
 UNTRANSLATED = [
     "custom_hooks[0] = dict(type='SyncBuffersHook')",
     "env_cfg.mp_cfg.mp_start_method = 'fork'",
     "log_processor = dict(type='LogProcessor', window_size=50, by_epoch=True, num_digits=6)",
-    "train_dataloader.dataset.pipeline[3] = dict(type='RandomHalfBody')",
-    f"train_dataloader.dataset.pipeline[4].shift_factor = 0.16{NO_SHIFT}",
-    f"train_dataloader.dataset.pipeline[4].shift_prob = 0.3{NO_SHIFT}",
 ]
 """What posecore has no key for in both MMPose configs (the same runtime base and augmentation)."""
 
@@ -119,7 +115,7 @@ def test_import_gives_the_hand_written_example(config, tmp_path, capsys, monkeyp
     monkeypatch.chdir(REPO)  # MMPose's data/coco/ paths are relative to where it runs: the checkout, as in the examples
     out = tmp_path / f"{config.stem}.toml"  # the example's name, so the same default work_dir
     assert _run(["config", "import", str(config), "--out", str(out), "--train-samples", str(COCO_TRAIN_PERSONS)]) == 0
-    assert capsys.readouterr().err == f"posecore: wrote {out}; 6 MMPose setting(s) not translated, listed at the top\n"
+    assert capsys.readouterr().err == f"posecore: wrote {out}; 3 MMPose setting(s) not translated, listed at the top\n"
     printed = []
     for toml in (REPO / "examples" / "mmpose" / f"{config.stem}.toml", out):
         assert _run(["config", str(toml)]) == 0
@@ -209,7 +205,8 @@ def test_import_translates_each_setting_posecore_has(tmp_path):
                                "shift_heatmap": False}  # MMPose's default without test_cfg.shift_heatmap
     assert config["model"]["backbone"] == {"type": "ResNet", "depth": 101, "init_from": "torchvision://resnet50"}
     assert config["augment"] == {"flip_prob": 0.0, "scale_factor": 0.3, "rotate_factor": 30.0, "rotate_prob": 0.5,
-                                 "padding": 1.5}  # no RandomFlip: no flips
+                                 "padding": 1.5, "half_body_prob": 0.0, "shift_prob": 0.0,
+                                 "shift_factor": 0.16}  # no RandomFlip, no RandomHalfBody: neither
     assert config["train_dataloader"]["num_workers"] == 4 and not config["train_dataloader"]["persistent_workers"]
     assert config["optim"] == {"type": "SGD", "lr": 0.01, "weight_decay": 0.0, "momentum": 0.0, "clip_grad_norm": 35}
     assert config["scheduler"] == {"type": "step", "warmup_iters": 0, "gamma": 0.5, "milestones": [2000, 2500]}
@@ -257,7 +254,7 @@ def test_import_prints_the_toml_without_out(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert _run(["config", "import", str(RES50), "--train-samples", str(COCO_TRAIN_PERSONS)]) == 0
     captured = capsys.readouterr()
-    assert captured.err == "posecore: 6 MMPose setting(s) not translated, listed at the top\n"
+    assert captured.err == "posecore: 3 MMPose setting(s) not translated, listed at the top\n"
     config = loads(captured.out)
     assert config["train_dataloader"]["dataset"]["ann_file"] == "data/coco/annotations/person_keypoints_train2017.json"
     assert config["scheduler"]["milestones"] == [49640, 58400]

@@ -18,6 +18,7 @@ from typing import Any, Iterator, Union
 
 from posecore.config import dumps
 from posecore.pyconfig import read_config
+from posecore.schema import CORE_SCHEMA
 
 Parts = tuple[Union[str, int], ...]
 
@@ -41,7 +42,10 @@ _WEIGHT_DECAY = {"Adam": 0.0, "AdamW": 0.01, "SGD": 0.0}
 _COCO_STATS = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
 """MMPose's CocoMetric names, in the order of posecore's ``STAT_NAMES``."""
 _STAGE_KEYS = ("num_modules", "num_branches", "block", "num_blocks", "num_channels")
-_NO_SHIFT = "posecore has no box shift"
+_HALF_BODY = {"prob": ("half_body_prob", 0.3), "min_total_keypoints": ("min_total_keypoints", 9),
+              "min_upper_keypoints": ("min_upper_keypoints", 2), "min_lower_keypoints": ("min_lower_keypoints", 3),
+              "padding": ("half_body_padding", 1.5), "upper_prioritized_prob": ("upper_prioritized_prob", 0.7)}
+"""RandomHalfBody's options: posecore's key for each, and MMPose's default."""
 
 
 @dataclass
@@ -295,7 +299,8 @@ class _Translator:
         self.pipeline(dataset + ("pipeline",), train)
 
     def pipeline(self, parts: Parts, train: bool) -> None:
-        augment = {"flip_prob": 0.0, "scale_factor": 0.0, "rotate_factor": 0.0, "rotate_prob": 0.0}
+        augment: dict[str, float | int] = {"flip_prob": 0.0, "scale_factor": 0.0, "rotate_factor": 0.0,
+                                           "rotate_prob": 0.0, "half_body_prob": 0.0, "shift_prob": 0.0}
         steps = self.get(parts)
         for index, step in enumerate(steps if isinstance(steps, list) else []):
             kind = step.get("type") if isinstance(step, dict) else None
@@ -311,8 +316,11 @@ class _Translator:
                     isinstance(step.get("prob", 0.5), (int, float)):
                 augment["flip_prob"] = step.get("prob", 0.5)
                 self.take(at + ("type",), at + ("prob",), at + ("direction",))
-            elif kind == "RandomHalfBody" and step.get("prob", 0.3) == 0:
-                self.take(at)
+            elif kind == "RandomHalfBody" and train:
+                for name, (key, default) in _HALF_BODY.items():
+                    augment[key] = step.get(name, default)
+                    self.take(at + (name,))
+                self.take(at + ("type",))
             elif kind == "RandomBBoxTransform" and train:
                 self.box_transform(at, step, augment)
             elif kind == "TopdownAffine" and self.decoder is not None:
@@ -330,12 +338,15 @@ class _Translator:
             elif kind == "PackPoseInputs":
                 self.take(at + ("type",))
         if train:
-            for name, value in {**augment, "padding": self.padding}.items():
-                self.put(f"augment.{name}", float(value))
+            values = {**augment, "padding": self.padding}
+            for name, key in CORE_SCHEMA["augment"].keys.items():
+                if name in values:
+                    self.put(f"augment.{name}", key.type(values[name]))
 
-    def box_transform(self, at: Parts, step: dict[str, Any], augment: dict[str, float]) -> None:
+    def box_transform(self, at: Parts, step: dict[str, Any], augment: dict[str, float | int]) -> None:
         """MMPose's RandomBBoxTransform draws the scale in ``scale_factor`` and the rotation in +-``rotate_factor``
-        (truncated normals); posecore's clipped normals give the same ranges with half the rotation factor."""
+        (truncated normals); posecore's clipped normals give the same ranges with half the rotation factor. The
+        shift is MMPose's."""
         self.take(at + ("type",))
         low, high = step.get("scale_factor", (0.5, 1.5))
         if low + high == 2:
@@ -346,15 +357,9 @@ class _Translator:
         augment["rotate_factor"] = step.get("rotate_factor", 80.0) / 2
         augment["rotate_prob"] = step.get("rotate_prob", 0.6)
         self.take(at + ("rotate_factor",), at + ("rotate_prob",))
-        shift = {"shift_factor": 0.16, "shift_prob": 0.3}
-        if not all(step.get(name, default) for name, default in shift.items()):
-            self.take(*(at + (name,) for name in shift))
-            return
-        for name, default in shift.items():
-            if name in step:
-                self.why[at + (name,)] = _NO_SHIFT
-            else:
-                self.defaults[at + (name,)] = (default, f"MMPose's default; {_NO_SHIFT}")
+        augment["shift_factor"] = step.get("shift_factor", 0.16)
+        augment["shift_prob"] = step.get("shift_prob", 0.3)
+        self.take(at + ("shift_factor",), at + ("shift_prob",))
 
     def same_as(self, parts: Parts, original: Parts) -> None:
         """Take each value of ``parts`` equal to the one at the same place in ``original`` (test_dataloader is

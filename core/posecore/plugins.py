@@ -396,13 +396,18 @@ def _table_at(user: Mapping[str, Any], place: str) -> Mapping[str, Any]:
 
 
 def _check_layouts(config: Mapping[str, Any], plugin_set: PluginSet, origin: Any) -> None:
-    """Both datasets must describe one keypoint layout (or at least as many keypoints): one model predicts one."""
-    counts = []
+    """Both datasets must describe one keypoint layout (or at least as many keypoints): one model predicts one. The
+    half body needs the training layout's upper body."""
+    layouts = []
     for section in ("train_dataloader", "val_dataloader"):
         try:
-            counts.append(plugin_set.layout(config[section]["dataset"]).num_keypoints)
+            layouts.append(plugin_set.layout(config[section]["dataset"]))
         except ValueError as err:
             raise ConfigError(f"{origin(section + '.dataset')}: {section}.dataset: {err}") from None
+    if config["augment"]["half_body_prob"] > 0 and layouts[0].upper_body is None:
+        raise ConfigError(f"{origin('augment.half_body_prob')}: augment.half_body_prob > 0 needs the upper body's "
+                          f"keypoints: set train_dataloader.dataset.upper_body (0-based indices)")
+    counts = [layout.num_keypoints for layout in layouts]
     if counts[0] != counts[1]:
         raise ConfigError(f"train_dataloader.dataset has {counts[0]} keypoints but val_dataloader.dataset has "
                           f"{counts[1]}; one model predicts one layout")

@@ -54,7 +54,24 @@ CORE_SCHEMA = {
                              min=0, max=180),
         "rotate_prob": Key(float, 0.6, "Probability of applying a random rotation.", min=0, max=1),
         "padding": Key(float, 1.25, "Box enlargement before cropping.", min=1.0),
-    }, "Training augmentation; each sample's randomness is drawn from (seed, epoch, index)."),
+        "half_body_prob": Key(float, 0.0, "Probability of cropping around the upper or the lower body only (MMPose's "
+                                          "RandomHalfBody `prob`, 0.3 there); needs the layout's `upper_body`.",
+                              min=0, max=1),
+        "min_total_keypoints": Key(int, 9, "Half body: labelled keypoints a person needs for it.", min=0),
+        "min_upper_keypoints": Key(int, 2, "Half body: labelled upper-body keypoints needed to crop the upper body.",
+                                   min=0),
+        "min_lower_keypoints": Key(int, 3, "Half body: labelled lower-body keypoints needed to crop the lower body.",
+                                   min=0),
+        "upper_prioritized_prob": Key(float, 0.7, "Half body: probability of the upper body where both halves "
+                                                  "qualify.", min=0, max=1),
+        "half_body_padding": Key(float, 1.5, "Half body: enlargement of the box around the half's labelled "
+                                             "keypoints (centred on their mean; MMPose's `padding`).", min=1.0),
+        "shift_prob": Key(float, 0.0, "Probability of shifting the box (MMPose's RandomBBoxTransform, 0.3 there).",
+                          min=0, max=1),
+        "shift_factor": Key(float, 0.16, "Box shift: the centre moves by t * f * the padded box's width and height, t "
+                                         "a standard normal truncated to [-1, 1] for each axis.", min=0, max=1),
+    }, "Training augmentation, in MMPose's order: flip, half body, then the box's shift, scale and rotation; each "
+       "sample's randomness is drawn from (seed, epoch, index)."),
     "val_dataloader": _dataloader(64, 0, "Validation data (no augmentation).", {"num_samples": 256, "seed": 1}),
     "val_evaluator": Types("metric", "PCKAccuracy", "How validation is scored (a plugin may provide more)."),
     "optim": Section({

@@ -8,6 +8,7 @@ output exactly, and heatmap pixel u covers input pixels [u * stride, (u + 1) * s
 
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Any, Sequence
 
 import numpy as np
@@ -16,6 +17,8 @@ from posecore.pose.skeleton import COCO17
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+_NORMAL = NormalDist()
+_WITHIN_ONE = (_NORMAL.cdf(-1.0), _NORMAL.cdf(1.0))
 
 
 def box_to_center_scale(
@@ -28,11 +31,17 @@ def box_to_center_scale(
     """
     x, y, width, height = (float(v) for v in box)
     center = np.array([x + width / 2, y + height / 2], dtype=np.float32)
+    return center, fix_aspect_ratio((width, height), aspect_ratio) * padding
+
+
+def fix_aspect_ratio(size: Sequence[float], aspect_ratio: float) -> np.ndarray:
+    """Size (w, h) widened or heightened to ``aspect_ratio`` (width / height), float32 (2,)."""
+    width, height = (float(v) for v in size)
     if width > aspect_ratio * height:
         height = width / aspect_ratio
     else:
         width = height * aspect_ratio
-    return center, np.array([width, height], dtype=np.float32) * padding
+    return np.array([width, height], dtype=np.float32)
 
 
 def affine_matrix(
@@ -89,11 +98,14 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int, i
 class TopDownTransform:
     """Record (image, keypoints, visible, box) to network sample: crop, augment, normalise, encode.
 
-    The crop has the codec's ``input_size`` (width, height). With ``train`` and an rng, it is randomly
-    scaled, rotated and mirrored, drawing from that rng only, and the codec encodes the keypoints as training
-    targets; otherwise the crop is the padded box as is, without targets. The returned ``center``/``scale``
-    are always those of the unaugmented crop (for decoding predictions), and ``keypoints``/``visible``/``box``
-    are the record's, in image coordinates (the ground truth).
+    The crop has the codec's ``input_size`` (width, height). With ``train`` and an rng, it is augmented as
+    MMPose's pipeline does (mirrored; narrowed to the upper or lower body's labelled keypoints, as RandomHalfBody;
+    shifted, scaled and rotated, as RandomBBoxTransform), drawing the same count of numbers from that rng only
+    whatever the settings, and the codec encodes the keypoints as training targets; otherwise the crop is the
+    padded box as is, without targets. ``upper_body`` lists the layout's upper-body keypoints (the rest are the
+    lower body); the half body needs it. The returned ``center``/``scale`` are always those of the unaugmented
+    crop (for decoding predictions), and ``keypoints``/``visible``/``box`` are the record's, in image coordinates
+    (the ground truth).
     """
 
     def __init__(
@@ -106,6 +118,15 @@ class TopDownTransform:
         rotate_factor: float = 30.0,
         rotate_prob: float = 0.6,
         padding: float = 1.25,
+        shift_factor: float = 0.16,
+        shift_prob: float = 0.0,
+        half_body_prob: float = 0.0,
+        min_total_keypoints: int = 9,
+        min_upper_keypoints: int = 2,
+        min_lower_keypoints: int = 3,
+        half_body_padding: float = 1.5,
+        upper_prioritized_prob: float = 0.7,
+        upper_body: Sequence[int] | None = COCO17.upper_body,
     ) -> None:
         self.codec = codec
         self.input_size = tuple(codec.input_size)
@@ -117,17 +138,29 @@ class TopDownTransform:
         self.rotate_factor = rotate_factor
         self.rotate_prob = rotate_prob
         self.padding = padding
+        self.shift_factor = shift_factor
+        self.shift_prob = shift_prob
+        self.half_body_prob = half_body_prob
+        self.min_total_keypoints = min_total_keypoints
+        self.min_upper_keypoints = min_upper_keypoints
+        self.min_lower_keypoints = min_lower_keypoints
+        self.half_body_padding = half_body_padding
+        self.upper_prioritized_prob = upper_prioritized_prob
+        self.upper_body = None if upper_body is None else tuple(upper_body)
+        if train and half_body_prob > 0 and self.upper_body is None:
+            raise ValueError("half_body_prob > 0 needs the layout's upper_body keypoints")
 
     def __call__(self, record: dict, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """Turn one record into a sample of numpy arrays (see the class docstring)."""
         input_width, input_height = self.input_size
         center, scale = box_to_center_scale(record["box"], input_width / input_height, self.padding)
-        crop_scale, rotation, flip = scale, 0.0, False
-        if self.train and rng is not None:
-            crop_scale, rotation, flip = self._draw_augmentation(scale, rng)
-        matrix = self.crop_matrix(center, crop_scale, rotation, self.input_size)
         keypoints = np.asarray(record["keypoints"], dtype=np.float32)
         visible = np.asarray(record["visible"], dtype=np.float32)
+        crop_center, crop_scale, rotation, flip = center, scale, 0.0, False
+        if self.train and rng is not None:
+            crop_center, crop_scale, rotation, flip = self._draw_augmentation(record["box"], center, scale,
+                                                                              keypoints, visible, rng)
+        matrix = self.crop_matrix(crop_center, crop_scale, rotation, self.input_size)
         if flip:
             matrix = _mirror_output(matrix, input_width)
         image = warp_affine(record["image"], matrix, self.input_size)
@@ -139,16 +172,54 @@ class TopDownTransform:
                       box=np.asarray(record["box"], dtype=np.float32))
         return sample
 
-    def _draw_augmentation(self, scale: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float, bool]:
-        # Always draw all four numbers so one probability setting does not shift the others' stream.
+    def _draw_augmentation(
+        self, box: Sequence[float], center: np.ndarray, scale: np.ndarray, keypoints: np.ndarray,
+        visible: np.ndarray, rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray, float, bool]:
+        # Always draw all nine numbers, in this order, so one probability setting does not shift the others' stream
+        # (and configs without the half body and shift draw their first four numbers as before).
         scale_noise, rotate_noise = rng.standard_normal(2)
-        rotate_draw, flip_draw = rng.random(2)
+        rotate_draw, flip_draw, half_draw, upper_draw, shift_draw = rng.random(5)
+        # MMPose's shift is a standard normal truncated to [-1, 1], drawn here by inverting its distribution.
+        low, high = _WITHIN_ONE
+        shift_noise = np.array([_NORMAL.inv_cdf(low + u * (high - low)) for u in rng.random(2)])
+        # MMPose shifts by the padded box's size before it takes the input's aspect ratio.
+        size = np.asarray(box[2:], dtype=np.float32) * np.float32(self.padding)
+        if half_draw < self.half_body_prob:
+            half_body = self._half_body(keypoints, visible, upper_draw)
+            if half_body is not None:
+                center, size = half_body
+                scale = fix_aspect_ratio(size, self.input_size[0] / self.input_size[1])
+        if shift_draw < self.shift_prob:
+            center = (center + shift_noise * self.shift_factor * size).astype(np.float32)
         factor = self.scale_factor
         crop_scale = scale * np.float32(np.clip(1 + scale_noise * factor, 1 - factor, 1 + factor))
         rotation, limit = 0.0, 2 * self.rotate_factor
         if rotate_draw < self.rotate_prob:
             rotation = float(np.clip(rotate_noise * self.rotate_factor, -limit, limit))
-        return crop_scale, rotation, bool(flip_draw < self.flip_prob)
+        return center, crop_scale, rotation, bool(flip_draw < self.flip_prob)
+
+    def _half_body(
+        self, keypoints: np.ndarray, visible: np.ndarray, upper_draw: float
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Centre (the mean) and padded size (not yet of the input's aspect ratio) of the box around the upper
+        or the lower body's labelled keypoints, chosen as MMPose's RandomHalfBody does; None where too few are
+        labelled."""
+        labelled = visible > 0
+        if labelled.sum() < self.min_total_keypoints:
+            return None
+        upper = np.zeros(len(labelled), dtype=bool)
+        upper[list(self.upper_body)] = True
+        upper_count, lower_count = int((labelled & upper).sum()), int((labelled & ~upper).sum())
+        upper_ok, lower_ok = upper_count >= self.min_upper_keypoints, lower_count >= self.min_lower_keypoints
+        if not (upper_ok or lower_ok):
+            return None
+        use_upper = upper_ok and (not lower_ok or upper_draw < self.upper_prioritized_prob)
+        points = keypoints[labelled & (upper if use_upper else ~upper)]
+        size = (points.max(axis=0) - points.min(axis=0)) * np.float32(self.half_body_padding)
+        if not size.any():  # all at one point: no box to crop (MMPose's would divide by zero)
+            return None
+        return points.mean(axis=0), size
 
 
 def _mirror_output(matrix: np.ndarray, width: int) -> np.ndarray:
