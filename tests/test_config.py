@@ -118,7 +118,7 @@ def test_blocked_plugin_section_is_an_error(tiny_config):
 
 
 def test_every_example_config_is_valid():
-    examples = sorted((REPO / "examples").glob("*.toml"))
+    examples = sorted([*(REPO / "examples").glob("*.toml"), *(REPO / "examples" / "mmpose").glob("*.toml")])
     assert examples
     for example in examples:
         config, _ = load_config(example)
