@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from posecore.config import _toml_value, apply_overrides, loads, read_toml
+from posecore.config import toml_value, apply_overrides, loads, read_toml
 from posecore.errors import ConfigError
 
 PACKAGED = Path(__file__).parent / "configs"
@@ -66,7 +66,7 @@ class Composition:
     def explain(self, config: Mapping[str, Any]) -> str:
         """Each key of ``config`` (the validated config) as ``key = value  # where it came from``: valid TOML."""
         lines: dict[Path, dict[str, int]] = {}
-        rows = [(f"{key} = {_toml_value(value)}", self._describe(key, lines)) for key, value in leaves(config)]
+        rows = [(f"{key} = {toml_value(value)}", self._describe(key, lines)) for key, value in leaves(config)]
         width = max((len(text) for text, _ in rows if len(text) <= 60), default=0)
         return "".join(f"{text.ljust(width)}  # {source}\n" for text, source in rows)
 

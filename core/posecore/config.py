@@ -201,7 +201,7 @@ def validate(user: Mapping[str, Any], schema: Schema, origin: Origin, prefix: st
             elif spec.required:
                 raise ConfigError(f"{origin(dotted)}: '{dotted}' is required: {spec.help.split('. ')[0].rstrip('.')}")
             elif spec.default is not None:
-                merged[name] = _copy(spec.default)
+                merged[name] = plain(spec.default)
             continue
         value = user.get(name, {})
         if not isinstance(value, dict):
@@ -278,11 +278,11 @@ def check_dependencies(config: Mapping[str, Any], schema: Schema, origin: Origin
         dotted, value = prefix + name, config[name]
         if isinstance(spec, Key):
             needed = spec.requires.get(value) if spec.requires and not isinstance(value, (list, dict)) else None
-            _require((needed,) if needed else (), f"{dotted} = {_toml_value(value)}", origin(dotted))
+            _require((needed,) if needed else (), f"{dotted} = {toml_value(value)}", origin(dotted))
             continue
         if isinstance(spec, Variants):
             section = spec.options[value["type"]]
-            _require(section.requires, f"{dotted}.type = {_toml_value(value['type'])}", origin(dotted + ".type"))
+            _require(section.requires, f"{dotted}.type = {toml_value(value['type'])}", origin(dotted + ".type"))
         else:
             section = spec
             _require(section.requires, f"[{dotted}]", origin(dotted))
@@ -298,11 +298,12 @@ def _require(dependencies: tuple[Dependency, ...], what: str, where: str) -> Non
                               f"{dependency.install}")
 
 
-def _copy(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A deep copy of ``value`` with tuples as lists, as TOML has them."""
     if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_copy(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -347,10 +348,10 @@ def _reference_rows(schema: Schema, prefix: str) -> list[str]:
         dotted = prefix + name
         if isinstance(spec, Key):
             default = "required" if spec.required else "unset" if spec.default is None else \
-                f"`{_toml_value(spec.default)}`"
+                f"`{toml_value(spec.default)}`"
             meaning = spec.help
             if spec.choices:
-                meaning += " One of " + ", ".join(f"`{_toml_value(c)}`" for c in spec.choices) + "."
+                meaning += " One of " + ", ".join(f"`{toml_value(c)}`" for c in spec.choices) + "."
             rows.append(f"| `{dotted}` | {spec.type_name()} | {default} | {meaning} |")
         elif isinstance(spec, Section):
             rows.append(f"| `[{dotted}]` | table | | {spec.help} |")
@@ -367,10 +368,10 @@ def _reference_rows(schema: Schema, prefix: str) -> list[str]:
     return rows
 
 
-def _toml_value(value: Any) -> str:
-    """A value as one line of TOML, for the reference table."""
+def toml_value(value: Any) -> str:
+    """A value as one line of TOML (the reference table, ``posecore config --explain``)."""
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return json.dumps(value)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-from posecore.config import dumps
+from posecore.config import dumps, plain
 from posecore.pyconfig import read_config
 from posecore.schema import CORE_SCHEMA
 
@@ -123,7 +123,7 @@ class _Translator:
         node = self.config
         for table in tables:
             node = node.setdefault(table, {})
-        node[last] = _plain(value)
+        node[last] = plain(value)
 
     def move(self, source: Parts, key: str, default: Any = None) -> None:
         """``key`` = the value at ``source`` (``default``, MMPose's, when absent; nothing when that is None)."""
@@ -179,7 +179,7 @@ class _Translator:
             self.defaults[preprocessor] = (None, "MMPose then does not normalise; posecore normalises with ImageNet's "
                                                  "mean and std")
         for name, value in (self.get(preprocessor) or {}).items():
-            if name in _PREPROCESSOR and _plain(value) == _PREPROCESSOR[name]:
+            if name in _PREPROCESSOR and plain(value) == _PREPROCESSOR[name]:
                 self.take(preprocessor + (name,))
         channels = self.backbone()
         self.head(channels)
@@ -204,7 +204,7 @@ class _Translator:
             channels = 2048 if depth >= 50 else 512
             self.move(parts + ("depth",), "model.backbone.depth")
         elif kind == "HRNet" and all(isinstance(self.get(parts + ("extra", s)), dict) for s in _HRNET_ARCHS["w32"]):
-            stages = {stage: {key: _plain(value) for key, value in self.get(parts + ("extra", stage)).items()
+            stages = {stage: {key: plain(value) for key, value in self.get(parts + ("extra", stage)).items()
                               if key in _STAGE_KEYS} for stage in _HRNET_ARCHS["w32"]}
             arch = next((name for name, published in _HRNET_ARCHS.items() if published == stages), None)
             self.put(*(("model.backbone.arch", arch) if arch else ("model.backbone.extra", stages)))
@@ -324,13 +324,13 @@ class _Translator:
             elif kind == "RandomBBoxTransform" and train:
                 self.box_transform(at, step, augment)
             elif kind == "TopdownAffine" and self.decoder is not None:
-                if _plain(step.get("input_size")) == _plain(self.decoder.get("input_size")):
+                if plain(step.get("input_size")) == plain(self.decoder.get("input_size")):
                     self.take(at + ("input_size",))
                 if step.get("use_udp", False) == (self.decoder["type"] == "UDPHeatmap"):
                     self.take(at + ("use_udp",))
                 self.take(at + ("type",))
             elif kind == "GenerateTarget" and train and self.decoder is not None:
-                if _plain(step.get("encoder")) == _plain(self.decoder):
+                if plain(step.get("encoder")) == plain(self.decoder):
                     self.take(at + ("encoder",))
                 if not step.get("use_dataset_keypoint_weights", False):
                     self.take(at + ("use_dataset_keypoint_weights",))
@@ -365,7 +365,7 @@ class _Translator:
         """Take each value of ``parts`` equal to the one at the same place in ``original`` (test_dataloader is
         val_dataloader to posecore)."""
         for leaf, value in _leaves(parts, self.get(parts)):
-            if _plain(value) == _plain(self.get(original + leaf[len(parts):], object())):
+            if plain(value) == plain(self.get(original + leaf[len(parts):], object())):
                 self.take(leaf)
 
     def evaluator(self) -> None:
@@ -624,15 +624,6 @@ def _leaves(parts: Parts, value: Any) -> Iterator[tuple[Parts, Any]]:
         return
     for key, item in items:
         yield from _leaves(parts + (key,), item)
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with tuples as lists, as TOML has them."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
 
 
 def _type_first(value: Any) -> Any:
