@@ -620,17 +620,17 @@ class Run:
         """Initialise the model from a checkpoint's (or a state_dict file's) weights; ``load_strict`` applies."""
         strict = self.config["load_strict"]
         weights, recorded_config = checkpoint.read_weights(path)
-        self.warn_if_trained_otherwise(recorded_config, path)
+        self.warn_if_trained_otherwise(_recorded(recorded_config), path)
         skipped = checkpoint.load_model_weights(self.model, weights, path, strict)
         self.log.info("loaded model weights from %s%s", path,
                       f" (load_strict = false: skipped {', '.join(skipped)})" if skipped else "")
 
-    def warn_if_trained_otherwise(self, recorded_config: str | None, path: str | Path) -> None:
+    def warn_if_trained_otherwise(self, recorded: dict[str, Any] | None, path: str | Path) -> None:
         """Warn, in one line, when the config a checkpoint recorded differs from this run's in what the weights
         mean (model, codec, keypoint layout): such weights often load without an error and predict nonsense."""
         try:
-            then = _trained_for(loads(recorded_config), self.plugins.layout) if recorded_config else None
-        except (ConfigError, KeyError, ValueError):  # written by another version: nothing to compare
+            then = _trained_for(recorded, self.plugins.layout) if recorded else None
+        except (KeyError, ValueError):  # written by another version: nothing to compare
             then = None
         if then is None:
             return
@@ -641,18 +641,14 @@ class Run:
             self.log.warning("%s was trained for another model, codec or keypoint layout than this config: %s", path,
                              "; ".join(changed))
 
-    def _log_config_changes(self, recorded_config: str | None, path: Path) -> None:
+    def _log_config_changes(self, recorded: dict[str, Any] | None, path: Path) -> None:
         """Log, in one block, every key this config changes against the checkpoint's; refuse a change of
         optimizer type (its state would be another optimizer's)."""
         from posecore.compose import config_changes
 
-        try:
-            then = loads(recorded_config) if recorded_config else None
-        except ConfigError:
-            then = None
-        if then is None:
+        if recorded is None:
             return
-        changes = [(key, old, new) for key, old, new in config_changes(then, self.config)
+        changes = [(key, old, new) for key, old, new in config_changes(recorded, self.config)
                    if key not in ("resume", "load_from")]
         for key, old, new in changes:
             if key == "optim.type":
@@ -669,8 +665,9 @@ class Run:
         if lacking:
             raise CheckpointError(f"{path}: cannot resume from it: it has no {', '.join(lacking)} (a weights-only "
                                   f"file?); use load_from without resume to start from its weights")
-        self._log_config_changes(state.get("config"), path)
-        self.warn_if_trained_otherwise(state.get("config"), path)
+        recorded = _recorded(state.get("config"))
+        self._log_config_changes(recorded, path)
+        self.warn_if_trained_otherwise(recorded, path)
         checkpoint.load_model_weights(self.model, state["model"], path)
         # This config's hyper-parameters (learning rate, weight decay, ...) apply from the resumed step on;
         # the checkpoint gives the optimizer's state (moments, step counts).
@@ -785,6 +782,14 @@ def _to_group_norm(module: torch.nn.Module) -> None:
             setattr(module, name, torch.nn.GroupNorm(math.gcd(32, child.num_features), child.num_features))
         else:
             _to_group_norm(child)
+
+
+def _recorded(text: str | None) -> dict[str, Any] | None:
+    """The config a checkpoint recorded, parsed; None when it has none or it does not parse."""
+    try:
+        return loads(text) if text else None
+    except ConfigError:
+        return None
 
 
 def _brief(value: Any) -> str:
