@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -91,11 +91,11 @@ class ShardSampler(Sampler):
         return ((0, i) for i in self.indices)
 
 
-def build_transform(config: dict[str, Any], codec: Any, flip_pairs: Any, train: bool,
-                    upper_body: Sequence[int] | None = None) -> TopDownTransform:
-    """The top-down transform that ``codec`` and the config's augmentation describe (no augmentation and no
-    targets unless ``train``); ``upper_body`` is the layout's, for the half body."""
-    return TopDownTransform(codec, flip_pairs=flip_pairs, train=train, upper_body=upper_body, **config["augment"])
+def build_transform(run: Any, train: bool) -> TopDownTransform:
+    """The top-down transform that the run's codec, keypoint layout (flip pairs, upper body for the half body) and
+    augmentation describe (no augmentation and no targets unless ``train``)."""
+    return TopDownTransform(run.codec, flip_pairs=run.layout.flip_pairs, train=train,
+                            upper_body=run.layout.upper_body, **run.config["augment"])
 
 
 def build_loader(run: Any, section: str) -> DataLoader:
@@ -111,8 +111,7 @@ def build_loader(run: Any, section: str) -> DataLoader:
             raise ConfigError(f"{section}.dataset.{key}: {Path(value).absolute()} does not exist (a relative path is "
                               f"from the config file's folder, or from the current directory on the command line)")
     source = run.plugins.build("dataset", options["dataset"], train=train)
-    dataset = KeyedDataset(source, build_transform(run.config, run.codec, run.layout.flip_pairs, train,
-                                                      run.layout.upper_body), run.seed)
+    dataset = KeyedDataset(source, build_transform(run, train), run.seed)
     batch_size = options["batch_size"]
     if train and len(dataset) < batch_size * world_size:
         raise ConfigError(f"{section}.dataset has {len(dataset)} samples, fewer than batch_size {batch_size} x "
