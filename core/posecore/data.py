@@ -91,11 +91,11 @@ class ShardSampler(Sampler):
         return ((0, i) for i in self.indices)
 
 
-def build_transform(run: Any, train: bool) -> TopDownTransform:
-    """The top-down transform that the run's codec, keypoint layout (flip pairs, upper body for the half body) and
-    augmentation describe (no augmentation and no targets unless ``train``)."""
-    return TopDownTransform(run.codec, flip_pairs=run.layout.flip_pairs, train=train,
-                            upper_body=run.layout.upper_body, **run.config["augment"])
+def build_transform(run: Any, layout: Any, train: bool) -> TopDownTransform:
+    """The top-down transform that the run's codec and augmentation and the data's keypoint ``layout`` (flip pairs,
+    upper body for the half body) describe (no augmentation and no targets unless ``train``)."""
+    return TopDownTransform(run.codec, flip_pairs=layout.flip_pairs, train=train, upper_body=layout.upper_body,
+                            **run.config["augment"])
 
 
 def build_loader(run: Any, section: str) -> DataLoader:
@@ -111,7 +111,8 @@ def build_loader(run: Any, section: str) -> DataLoader:
             raise ConfigError(f"{section}.dataset.{key}: {Path(value).absolute()} does not exist (a relative path is "
                               f"from the config file's folder, or from the current directory on the command line)")
     source = run.plugins.build("dataset", options["dataset"], train=train)
-    dataset = KeyedDataset(source, build_transform(run, train), run.seed)
+    dataset = KeyedDataset(source, build_transform(run, run.plugins.layout(options["dataset"]), train),
+                           run.seed)
     batch_size = options["batch_size"]
     if train and len(dataset) < batch_size * world_size:
         raise ConfigError(f"{section}.dataset has {len(dataset)} samples, fewer than batch_size {batch_size} x "

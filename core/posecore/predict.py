@@ -169,7 +169,7 @@ def predict_images(run: Run, images: Sequence[Path], weights: Path, boxes_file: 
         run.model.eval()
         out = out or run.run_dir / "predictions"
         out.mkdir(parents=True, exist_ok=True)
-        transform = build_transform(run, train=False)
+        transform = build_transform(run, run.layout, train=False)
         forward = run.hook.forward_context(run=run) or contextlib.nullcontext()
         results, names = [], set()
         for path in images:
