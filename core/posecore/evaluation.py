@@ -22,12 +22,12 @@ def predict(run: Run, images: torch.Tensor, center: Any, scale: Any,
     around ``center`` (N, 2) at ``scale`` (N, 2). With ``model.flip_test``, the output for the mirrored inputs,
     mirrored back by the codec, is averaged in. Call with the model in eval mode.
     """
-    images = images.to(run.device)
+    images, model = images.to(run.device), run.eval_model
     with forward:
-        output = run.model(images)
+        output = model(images)
         if run.config["model"]["flip_test"]:
             order = flip_order(run.layout.num_keypoints, run.layout.flip_pairs)
-            output = _average(output, run.codec.flip_back(run.model(images.flip(-1)), order))
+            output = _average(output, run.codec.flip_back(model(images.flip(-1)), order))
     return run.codec.decode(output, center, scale)
 
 
@@ -40,12 +40,13 @@ def _average(output: Output, other: Output) -> Output:
 def score(run: Run, forward: Any = contextlib.nullcontext()) -> tuple[dict[str, float], list[Any] | None]:
     """Predict on the validation data and score it with the run's metric: the metrics (on every rank), and the
     metric's results to write (rank 0; None if it gives none)."""
-    run.model.eval()
+    model = run.eval_model
+    model.eval()
     batches = []
     for batch in data.iterate(run.val_loader):
         pred, pred_score = predict(run, batch["img"], batch["center"], batch["scale"], forward)
         batches.append({**batch, "pred": pred, "pred_score": pred_score})
-    run.model.train()
+    model.train()
     val = {key: torch.cat([b[key] for b in batches]) for key in batches[0] if key != "img"}
     if run.world_size == 1:
         return run.metric(val)

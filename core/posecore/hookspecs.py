@@ -121,6 +121,19 @@ def forward_context(run: Run) -> ContextManager[Any] | None:
 
 
 @hookspec(firstresult=True)
+def eval_model(run: Run) -> torch.nn.Module | None:
+    """Return the module to validate and to save as the checkpoints' ``model`` in place of the trained one (e.g. an
+    average of its weights); None: the trained one. First result wins.
+
+    Called at each validation and save, and on resume. When it returns another module, each checkpoint holds its
+    weights as ``model`` (what ``posecore test``, ``predict``, ``load_from`` and ``posecore.load_model`` read, with
+    or without the plugin) and the trained weights as ``train_model`` (what a resumed run trains on); on resume,
+    after ``load_state``, the core loads ``model`` back into this module. ``posecore test`` calls no
+    ``before_train``: a plugin that makes its module there returns None in a test run.
+    """
+
+
+@hookspec(firstresult=True)
 def backward_step(run: Run, loss: torch.Tensor) -> bool | None:
     """Back-propagate ``loss`` and step the optimizer; return True when handled. First result wins.
 

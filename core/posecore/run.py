@@ -331,6 +331,12 @@ class Run:
         self.model.train()
         self.codec.check_output(output)
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The module validation scores and checkpoints keep as ``model``: a plugin's (hook ``eval_model``, e.g. an
+        average of the weights), else the trained ``model``."""
+        return self.hook.eval_model(run=self) or self.model
+
     def _lr_scale(self) -> float:
         """``auto_scale_lr``: the learning rate times (batch_size x processes) / base_batch_size, as MMPose does."""
         options = self.config["auto_scale_lr"]
@@ -530,8 +536,10 @@ class Run:
     # ----------------------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
         """The checkpoint contents: tensors and plain values only (under torchrun every rank must call it)."""
+        evaluated = self.eval_model
         return {
-            "model": self.model.state_dict(),
+            "model": evaluated.state_dict(),
+            **({} if evaluated is self.model else {"train_model": self.model.state_dict()}),
             "optimizer": self.optimizer.state_dict(),
             "loop": {"iteration": self.iteration, "epoch": self.epoch, "epoch_batch": self.epoch_batch,
                      "global_batch": self.train_loader.sampler.global_batch,
@@ -668,7 +676,7 @@ class Run:
         recorded = _recorded(state.get("config"))
         self._log_config_changes(recorded, path)
         self.warn_if_trained_otherwise(recorded, path)
-        checkpoint.load_model_weights(self.model, state["model"], path)
+        checkpoint.load_model_weights(self.model, state.get("train_model", state["model"]), path)
         # This config's hyper-parameters (learning rate, weight decay, ...) apply from the resumed step on;
         # the checkpoint gives the optimizer's state (moments, step counts).
         settings = [{key: value for key, value in group.items() if key != "params"}
@@ -693,6 +701,9 @@ class Run:
         for name in saved:
             if self.plugins.pm.has_plugin(name):
                 call_one(self.plugins.pm, "load_state", name, run=self, state=saved[name])
+        evaluated = self.eval_model
+        if evaluated is not self.model and "train_model" in state:  # the plugin's module, e.g. averaged weights
+            checkpoint.load_model_weights(evaluated, state["model"], path)
         stateful = {impl.plugin_name for impl in self.hook.save_state.get_hookimpls()}
         for names, how in ((sorted(set(saved) - stateful), "are not active now; their saved state is left out"),
                            (sorted(stateful - set(saved)), "have no state in the checkpoint; they start fresh")):

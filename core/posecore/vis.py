@@ -69,10 +69,11 @@ def prediction_grid(run: Any, count: int) -> Any:
     dataset = run.val_loader.dataset
     samples = [dataset[(0, i)] for i in range(min(count, len(dataset)))]
     center, scale = np.stack([s["center"] for s in samples]), np.stack([s["scale"] for s in samples])
-    was_training = run.model.training
-    run.model.eval()
+    model = run.eval_model
+    was_training = model.training
+    model.eval()
     predicted, _ = predict(run, torch.from_numpy(np.stack([s["img"] for s in samples])), center, scale)
-    run.model.train(was_training)
+    model.train(was_training)
     input_size = run.codec.input_size
     tiles = []
     for sample, keypoints in zip(samples, predicted.numpy()):
