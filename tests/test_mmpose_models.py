@@ -170,7 +170,8 @@ def test_the_reference_documents_the_options(capsys):
     for row in ("`TopdownPoseEstimator` (core)", "(TopdownPoseEstimator) `backbone.type` | string | `\"ResNet\"`",
                 "(ResNet) `depth` | int | `50`", "(ResNet) `init_from`", "(HRNet) `arch` | string | `\"w32\"`",
                 "(HRNet) `extra.stage4.num_channels` | array of int", "(HRNet) `init_from`",
-                "`head.deconv_out_channels` | array of int | `[256, 256, 256]`", "`head.final_layer.kernel_size`",
+                "(HeatmapHead) `deconv_out_channels` | array of int | `[256, 256, 256]`",
+                "(HeatmapHead) `final_layer.kernel_size`",
                 "(KeypointMSELoss) `use_target_weight` | bool | `true`", "(KeypointMSELoss) `loss_weight`"):
         assert row in reference
 

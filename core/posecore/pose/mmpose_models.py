@@ -1,9 +1,10 @@
-"""MMPose's top-down heatmap networks, with MMPose's parameter names: SimpleBaseline (ResNet) and HRNet.
+"""MMPose's top-down networks, with MMPose's parameter names: SimpleBaseline (ResNet), HRNet and RTMPose.
 
-``TopdownPoseEstimator`` is MMPose's model of that name with a ``ResNet`` or ``HRNet`` backbone and a
-``HeatmapHead``; its ``state_dict`` keys and shapes are MMPose's (``backbone.*``, ``head.*``), so the
-``state_dict`` of an MMPose checkpoint loads into it as it is (``model.init_weights`` or ``load_from``), and
-the same weights give the same heatmaps. Without pretrained weights, each part starts as MMPose initialises it.
+``TopdownPoseEstimator`` is MMPose's model of that name with a ``ResNet``, ``HRNet`` or ``CSPNeXt`` backbone and
+a ``HeatmapHead`` or ``RTMCCHead`` (:mod:`posecore.pose.rtmpose`); its ``state_dict`` keys and shapes are
+MMPose's (``backbone.*``, ``head.*``), so the ``state_dict`` of an MMPose checkpoint loads into it as it is
+(``model.init_weights`` or ``load_from``), and the same weights give the same outputs. Without pretrained weights,
+each part starts as MMPose initialises it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from posecore.config import Key, Section, Variants, validate
 from posecore.errors import ConfigError
+from posecore.pose.rtmpose import CSPNeXt, RTMCCHead
 
 _INIT_FROM = Key(str, None, "Pretrained weights for the backbone alone, as MMPose's `init_cfg = dict(type="
                             "'Pretrained', checkpoint=...)`: a file, an http(s) URL or an MMEngine name such as "
@@ -82,7 +84,6 @@ class ResNet(nn.Module):
 
     options = Section({
         "depth": Key(int, 50, "ResNet depth (MMPose's `depth`).", choices=tuple(_RESNET_DEPTHS)),
-        "init_from": _INIT_FROM,
     }, "MMPose's `ResNet` (torchvision's layout): output stride 32, 2048 channels from depth 50 on, else 512.")
 
     def __init__(self, depth: int = 50) -> None:
@@ -216,7 +217,6 @@ class HRNet(nn.Module):
         "extra": Section({stage: _STAGE_OPTIONS for stage in _STAGES},
                          "MMPose's `extra`: the structure of each stage (`[model.backbone.extra.stage4]` ...); "
                          "each key set replaces the `arch`'s."),
-        "init_from": _INIT_FROM,
     }, "MMPose's `HRNet`: output stride 4, the first branch's width (32 for `w32`). The head needs no "
        "deconvolutions: `[model.head] deconv_out_channels = []`.")
 
@@ -353,6 +353,10 @@ class HeatmapHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.final_layer(self.conv_layers(self.deconv_layers(features)))
 
+    def loss(self, output: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of heatmaps ``output`` against the codec's ``heatmaps`` and ``weights`` in ``batch``."""
+        return self.loss_module(output, batch["heatmaps"], batch["weights"])
+
 
 def _normal_init(module: nn.Module) -> None:
     """MMPose's initialisation of HRNet and the head: convolution weights N(0, 0.001), biases 0."""
@@ -363,24 +367,30 @@ def _normal_init(module: nn.Module) -> None:
                 nn.init.zeros_(layer.bias)
 
 
-_BACKBONES: dict[str, type[nn.Module]] = {"ResNet": ResNet, "HRNet": HRNet}
+_BACKBONES: dict[str, type[nn.Module]] = {"ResNet": ResNet, "HRNet": HRNet, "CSPNeXt": CSPNeXt}
+_HEADS: dict[str, type[nn.Module]] = {"HeatmapHead": HeatmapHead, "RTMCCHead": RTMCCHead}
 
 
 class TopdownPoseEstimator(nn.Module):
-    """MMPose's top-down heatmap model: ``backbone`` (``ResNet`` or ``HRNet``) and ``head`` (``HeatmapHead``), with
-    MMPose's parameter names, crops (N, 3, H, W) to heatmaps (N, K, h, w).
+    """MMPose's top-down model: ``backbone`` (``ResNet``, ``HRNet`` or ``CSPNeXt``) and ``head`` (``HeatmapHead``
+    or ``RTMCCHead``), with MMPose's parameter names, crops (N, 3, H, W) to the head's output: heatmaps
+    (N, K, h, w), or RTMCCHead's (x logits (N, K, W * ratio), y logits (N, K, H * ratio)).
 
     The defaults are SimpleBaseline ResNet-50 (MMPose's ``td-hm_res50_8xb64-210e_coco-256x192``: output stride
     4, a [192, 256] input gives [48, 64] heatmaps); HRNet-W32 is ``backbone = {type = "HRNet", arch = "w32"}`` with
-    ``head.deconv_out_channels = []`` (output stride 4 too). ``backbone`` and ``head`` are the validated
-    ``[model.backbone]`` and ``[model.head]`` tables; from Python, give the keys that differ from the defaults.
+    ``head.deconv_out_channels = []`` (output stride 4 too); RTMPose is a ``CSPNeXt`` backbone with an
+    ``RTMCCHead``. ``backbone`` and ``head`` are the validated ``[model.backbone]`` and ``[model.head]`` tables;
+    from Python, give the keys that differ from the defaults. ``loss`` is the head's.
     """
 
     options = Section({
-        "backbone": Variants({name: cls.options for name, cls in _BACKBONES.items()}, "ResNet",
+        "backbone": Variants({name: Section({**cls.options.keys, "init_from": _INIT_FROM}, cls.options.help)
+                              for name, cls in _BACKBONES.items()}, "ResNet",
                              "The backbone, as MMPose's `backbone` (its type names and options)."),
-        "head": HeatmapHead.options,
-    }, "MMPose's top-down heatmap model (SimpleBaseline, HRNet): its parameter names, so MMPose checkpoints load.")
+        "head": Variants({name: cls.options for name, cls in _HEADS.items()}, "HeatmapHead",
+                         "The head, as MMPose's `head` (its type names and options); `in_channels` and "
+                         "`out_channels` are the backbone's and the number of keypoints."),
+    }, "MMPose's top-down model (SimpleBaseline, HRNet, RTMPose): its parameter names, so MMPose checkpoints load.")
 
     def __init__(self, num_keypoints: int = 17, backbone: Mapping[str, Any] | None = None,
                  head: Mapping[str, Any] | None = None) -> None:
@@ -390,7 +400,8 @@ class TopdownPoseEstimator(nn.Module):
         backbone_settings = settings["backbone"]
         self.pretrained = backbone_settings.pop("init_from", None)
         self.backbone = _BACKBONES[backbone_settings.pop("type")](**backbone_settings)
-        self.head = HeatmapHead(self.backbone.out_channels, num_keypoints, **settings["head"])
+        head_settings = settings["head"]
+        self.head = _HEADS[head_settings.pop("type")](self.backbone.out_channels, num_keypoints, **head_settings)
 
     def load_pretrained(self, log: logging.Logger) -> None:
         """``backbone.init_from``: the backbone's pretrained weights (a run that starts from scratch calls it)."""
@@ -399,8 +410,9 @@ class TopdownPoseEstimator(nn.Module):
 
             init_from(self.backbone, self.pretrained, log)
 
-    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+    def forward(self, crops: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         return self.head(self.backbone(crops))
 
-    def loss(self, output: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.head.loss_module(output, batch["heatmaps"], batch["weights"])
+    def loss(self, output: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+             batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.head.loss(output, batch)
