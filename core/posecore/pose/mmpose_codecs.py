@@ -16,11 +16,10 @@ that a model trained in either framework validates the same in both. The convent
   than ``MSRAHeatmap``'s; ``crop_matrix`` follows it.
 
 The warp itself is posecore's (Pillow's bilinear sampling, :func:`posecore.pose.transforms.warp_affine`), not
-OpenCV's ``warpAffine``. With the same matrix, the crops agree within one grey level wherever the samples lie
-inside the image (on the test image Pillow's value is one lower in about 40% of them: they round differently)
-and are both black more than a pixel outside it. Within a pixel of the image border they part: OpenCV fades to
-the black outside over that pixel, while Pillow repeats the edge pixel up to half a pixel out and is black
-beyond, so a crop row or column along the image border can differ by up to the full value.
+OpenCV's ``warpAffine``. With the same matrix the crops agree within one grey level everywhere (on the test image
+Pillow's value is one lower in about 40% of the samples: they round differently), along the image's border too:
+Pillow reads the image with a one-pixel black border, so that it fades to the black outside over that pixel as
+OpenCV's BORDER_CONSTANT does (tests/test_augment.py compares it with OpenCV's own output).
 """
 
 from __future__ import annotations
@@ -44,6 +43,17 @@ _OPENCV_SMALL_KERNELS = {
     7: [0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125],
     9: [0.015625, 0.05078125, 0.1171875, 0.19921875, 0.234375, 0.19921875, 0.1171875, 0.05078125, 0.015625],
 }
+
+
+def warp_matrix(center: np.ndarray, scale: np.ndarray, rotation_deg: float,
+                output_size: tuple[int, int]) -> np.ndarray:
+    """MMPose's ``get_warp_matrix`` (its crop without UDP, a codec's ``crop_matrix``): the box centre to
+    (w / 2, h / 2), both axes scaled by w / box width."""
+    width, height = output_size
+    box_width = float(scale[0])
+    matrix = affine_matrix(center, (box_width, box_width * height / width), rotation_deg, output_size)
+    matrix[:, 2] += 0.5
+    return matrix
 
 
 def _size_keys(sigma: float) -> dict[str, Key]:
@@ -132,14 +142,7 @@ class MSRAHeatmap(_MMPoseHeatmap):
         heatmaps, weights = draw(points, np.asarray(visible, dtype=np.float32), self.heatmap_size, self.sigma)
         return {"heatmaps": heatmaps, "weights": weights}
 
-    def crop_matrix(self, center: np.ndarray, scale: np.ndarray, rotation_deg: float,
-                    output_size: tuple[int, int]) -> np.ndarray:
-        """MMPose's ``get_warp_matrix``: the box centre to (w / 2, h / 2), both axes scaled by w / box width."""
-        width, height = output_size
-        box_width = float(scale[0])
-        matrix = affine_matrix(center, (box_width, box_width * height / width), rotation_deg, output_size)
-        matrix[:, 2] += 0.5
-        return matrix
+    crop_matrix = staticmethod(warp_matrix)
 
     def _decode_input(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         locations, scores = _maxima(maps)
