@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-PLUGINS := plugins/amp plugins/resume plugins/seed plugins/tensorboard plugins/mlflow plugins/wandb
+PLUGINS := plugins/amp plugins/resume plugins/seed plugins/tensorboard plugins/mlflow plugins/wandb plugins/ema
 BIN := $(VENV)/bin
 
 DIST ?= dist

@@ -71,8 +71,8 @@ def test_make_dist_builds_wheels_that_install_into_a_fresh_venv(tmp_path):
     assert made.returncode == 0, made.stderr
     wheels = sorted(p.name for p in (tmp_path / "dist").glob("*.whl"))
     assert wheels == [f"{name}-0.1.0-py3-none-any.whl" for name in
-                      ("posecore", "posecore_amp", "posecore_mlflow", "posecore_resume", "posecore_seed",
-                       "posecore_tensorboard", "posecore_wandb")]
+                      ("posecore", "posecore_amp", "posecore_ema", "posecore_mlflow", "posecore_resume",
+                       "posecore_seed", "posecore_tensorboard", "posecore_wandb")]
     fresh = tmp_path / "fresh"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(fresh)], check=True)
     python = fresh / "bin" / "python"
@@ -95,15 +95,15 @@ def test_make_dist_builds_wheels_that_install_into_a_fresh_venv(tmp_path):
     assert alone.returncode == 0, alone.stderr
     assert alone.stdout.strip() == ("no plugins installed; the first-party ones: pip install posecore-amp "
                                     "posecore-resume posecore-seed posecore-tensorboard posecore-mlflow "
-                                    "posecore-wandb (in a posecore checkout: pip install -e plugins/amp -e "
-                                    "plugins/resume -e plugins/seed -e plugins/tensorboard -e plugins/mlflow -e "
-                                    "plugins/wandb)")
+                                    "posecore-wandb posecore-ema (in a posecore checkout: pip install -e plugins/amp "
+                                    "-e plugins/resume -e plugins/seed -e plugins/tensorboard -e plugins/mlflow -e "
+                                    "plugins/wandb -e plugins/ema)")
     install(*wheels[1:])
     listed = subprocess.run([str(fresh / "bin" / "posecore"), "plugins", "--json"], capture_output=True, text=True,
                             cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert [(p["name"], p["distribution"]) for p in json.loads(listed.stdout)] == [
-        (name, f"posecore-{name}") for name in ("amp", "mlflow", "resume", "seed", "tensorboard", "wandb")]
+        (name, f"posecore-{name}") for name in ("amp", "ema", "mlflow", "resume", "seed", "tensorboard", "wandb")]
     where = subprocess.run([str(python), "-c", "import posecore, posecore_amp; print(posecore.__file__); "
                                                "print(posecore_amp.__file__)"], capture_output=True, text=True)
     assert all(Path(path).is_relative_to(fresh) for path in where.stdout.split()), where.stdout

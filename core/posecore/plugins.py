@@ -36,6 +36,7 @@ FIRST_PARTY_PROVIDES = {
     "TensorboardVisBackend": "tensorboard",
     "MLflowVisBackend": "mlflow",
     "WandbVisBackend": "wandb",
+    "ema": "ema",
 }
 
 
