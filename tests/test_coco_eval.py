@@ -22,6 +22,7 @@ from posecore.pose.coco_eval import STAT_NAMES, coco_keypoint_ap, oks, oks_nms, 
 from posecore.pose.skeleton import COCO17
 
 CROWDPOSE_GT = SHARED_DATA / "crowdpose" / "test_crowdpose.json"
+OKS_NMS_GOLDEN = np.load(Path(__file__).parent / "golden" / "oks_nms.npz")  # golden/make_oks_nms.py, with MMPose
 CROWDPOSE_SIGMAS = [s / 10 for s in (0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89, 0.79, 0.79)]
 
 
@@ -111,6 +112,22 @@ def test_oks_nms_drops_duplicate_keeps_distinct():
     ]
     assert oks_nms(far, COCO17.sigmas) == [1, 0]
     assert oks_nms([], COCO17.sigmas) == []
+
+
+@pytest.mark.parametrize("case", sorted({key.split("/")[0] for key in OKS_NMS_GOLDEN.files}))
+def test_oks_nms_keeps_what_mmpose_keeps(case):
+    keypoints, scores, areas, threshold, reference = (
+        OKS_NMS_GOLDEN[f"{case}/{key}"] for key in ("keypoints", "scores", "areas", "threshold", "kept"))
+    instances = [{"keypoints": k, "score": s, "area": a} for k, s, a in zip(keypoints, scores, areas)]
+    kept = oks_nms(instances, COCO17.sigmas, float(threshold))
+    # MMPose orders equal scores as numpy's unstable argsort happens to; posecore keeps their input order.
+    reference = sorted(reference.tolist(), key=lambda index: (-scores[index], index))
+    if case == "tied_duplicates":  # which of identical tied poses is kept follows that order too: compare poses
+        np.testing.assert_array_equal(keypoints[kept], keypoints[reference])
+        np.testing.assert_array_equal(scores[kept], scores[reference])
+        assert kept == [6, 0, 4]  # the first of each group of duplicates
+    else:
+        assert kept == reference
 
 
 def test_to_results_applies_nms_per_image():

@@ -61,39 +61,44 @@ def oks(
     sig = _sigmas_array(sigmas, count)
     if not visible.any():
         return 0.0
-    squared = ((a[:, :2] - b[:, :2]) ** 2).sum(axis=1)
-    variances = (2.0 * sig) ** 2
-    exponent = squared / variances / (float(area) + _EPS) / 2.0
-    return float(np.exp(-exponent[visible]).mean())
+    return float(_keypoint_similarities(a, b, float(area), sig)[visible].mean())
+
+
+def _keypoint_similarities(a: np.ndarray, b: np.ndarray, area: Any, sigmas: np.ndarray) -> np.ndarray:
+    """Each keypoint's ``exp(-d² / (2 · area · (2σ)²))`` for poses ``a`` and ``b`` (..., K, ≥2), broadcast."""
+    squared = (a[..., 0] - b[..., 0]) ** 2 + (a[..., 1] - b[..., 1]) ** 2
+    return np.exp(-(squared / (2.0 * sigmas) ** 2 / (area + _EPS) / 2.0))
 
 
 def oks_nms(instances: list[dict[str, Any]], sigmas: Sequence[float], threshold: float = 0.9) -> list[int]:
-    """Greedy OKS non-maximum suppression over the pose instances of one image.
+    """Greedy OKS non-maximum suppression over the pose instances of one image, as MMPose's ``oks_nms``.
 
     Each instance is ``{"keypoints": (K, 3) x, y, score, "score": float, "area": float}``. The best
     scoring remaining instance is kept and every other one whose OKS to it exceeds ``threshold`` is
     dropped, until none remain. The OKS counts all K keypoints and uses the mean of the two areas, so
-    that it is symmetric. Returns the kept indices, highest score first (ties keep input order).
+    that it is symmetric; it is compared with ``threshold`` in float32, as MMPose stores it. Returns the
+    kept indices, highest score first; equal scores keep input order (MMPose's follow numpy's unstable
+    sort). Memory and time grow with n² · K, like MMPose's (a few µs per instance pair there).
     """
     if not instances:
         return []
-    poses = [np.asarray(item["keypoints"], dtype=np.float64) for item in instances]
+    poses = np.stack([np.asarray(item["keypoints"], dtype=np.float64) for item in instances])
+    if poses.ndim != 3 or poses.shape[2] < 2:
+        raise InputError(f"keypoints must be (K, 2) or (K, 3), got {poses.shape[1:]}")
     scores = np.asarray([float(item["score"]) for item in instances])
     areas = np.asarray([float(item["area"]) for item in instances])
-    order = list(np.argsort(-scores, kind="stable"))
+    # All pairs at once; the greedy pass below then only looks rows up.
+    similarity = _keypoint_similarities(
+        poses[:, None], poses[None, :], (areas[:, None, None] + areas[None, :, None]) / 2.0,
+        _sigmas_array(sigmas, poses.shape[1]),
+    ).mean(axis=-1)
+    suppresses = similarity.astype(np.float32) > np.float32(threshold)
+    dropped = np.zeros(len(instances), dtype=bool)
     kept: list[int] = []
-    while order:
-        best = int(order.pop(0))
-        kept.append(best)
-        survivors = []
-        for other in order:
-            reference = poses[best]
-            similarity = oks(
-                poses[other], reference, np.ones(reference.shape[0]), (areas[best] + areas[other]) / 2.0, sigmas
-            )
-            if similarity <= threshold:
-                survivors.append(other)
-        order = survivors
+    for index in np.argsort(-scores, kind="stable").tolist():
+        if not dropped[index]:
+            kept.append(index)
+            dropped |= suppresses[index]
     return kept
 
 
@@ -135,7 +140,7 @@ def to_results(
                 {
                     "image_id": _plain(image_id),
                     "category_id": int(category_id),
-                    "keypoints": [float(v) for v in keypoints.reshape(-1)],
+                    "keypoints": keypoints.reshape(-1).tolist(),
                     "score": float(item["score"]),
                 }
             )
@@ -254,12 +259,15 @@ class CocoMetric:
         self.nms_thr, self.keypoint_score_thr = nms_thr, keypoint_score_thr
 
     def __call__(self, predictions: Mapping[str, Any]) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        instances = [{"image_id": int(image_id), "keypoints": np.concatenate([pred, score[:, None]], 1),
-                      "score": rescore(score, float(box_score), self.keypoint_score_thr),
-                      "area": float(scale[0] * scale[1])}
-                     for image_id, pred, score, box_score, scale in
-                     zip(predictions["image_id"].tolist(), predictions["pred"].numpy(),
-                         predictions["pred_score"].numpy(), predictions["score"].tolist(),
-                         predictions["scale"].numpy())]
-        results = to_results(instances, self.sigmas, self.nms_thr)
+        results = to_results(self.instances(predictions), self.sigmas, self.nms_thr)
         return coco_keypoint_ap(self.ann_file, results, self.sigmas), results
+
+    def instances(self, predictions: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The predictions as :func:`to_results` takes them, scored by :func:`rescore`; area: the box's w·h."""
+        return [{"image_id": int(image_id), "keypoints": np.concatenate([pred, score[:, None]], 1),
+                 "score": rescore(score, float(box_score), self.keypoint_score_thr),
+                 "area": float(scale[0] * scale[1])}
+                for image_id, pred, score, box_score, scale in
+                zip(predictions["image_id"].tolist(), predictions["pred"].numpy(),
+                    predictions["pred_score"].numpy(), predictions["score"].tolist(),
+                    predictions["scale"].numpy())]
