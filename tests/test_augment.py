@@ -1,25 +1,32 @@
-"""MMPose's half body (RandomHalfBody) and box shift (RandomBBoxTransform) in posecore's training augmentation."""
+"""posecore's training augmentation against MMPose 1.3.2's (RandomFlip, RandomHalfBody, RandomBBoxTransform,
+TopdownAffine; tests/golden/augment.npz, made by tests/golden/make_augment.py), and the photometric hook."""
 
 from __future__ import annotations
 
 import json
+from statistics import NormalDist
 
 import numpy as np
 import pytest
-from helpers import write_tiny_config
+from helpers import REPO, write_tiny_config
+from PIL import Image
 
 from posecore.errors import ConfigError
 from posecore.plugins import load_config
+from posecore.pose.coco import CocoKeypoints
 from posecore.pose.heatmap import GaussianHeatmap
+from posecore.pose.mmpose_codecs import MSRAHeatmap
 from posecore.pose.skeleton import COCO17, CROWDPOSE14, keypoint_layout
-from posecore.pose.transforms import TopDownTransform, affine_matrix, fix_aspect_ratio
+from posecore.pose.transforms import IMAGENET_MEAN, IMAGENET_STD, TopDownTransform, affine_matrix, fix_aspect_ratio, \
+    warp_affine
 from posecore.testing import run_training
 
 CODEC = GaussianHeatmap((48, 64), (12, 16), sigma=2.0)
+GOLDEN = np.load(REPO / "tests" / "golden" / "augment.npz")
 ASPECT = 48 / 64
 BOX = (20.0, 10.0, 60.0, 150.0)
 UPPER, LOWER = np.arange(11), np.arange(11, 17)
-FIXED = {"flip_prob": 0.0, "scale_factor": 0.0, "rotate_prob": 0.0}
+FIXED = {"flip_prob": 0.0, "scale_prob": 0.0, "rotate_prob": 0.0}
 """No flip, scale or rotation: the crop is the box the half body and the shift make."""
 
 
@@ -99,7 +106,8 @@ def test_box_shift_stays_within_its_factor_of_the_padded_box():
 
 def test_draws_do_not_depend_on_the_settings():
     record = person()
-    settings = [{}, {"half_body_prob": 1.0}, {"shift_prob": 1.0}, {"half_body_prob": 1.0, "shift_prob": 1.0}]
+    settings = [{}, {"half_body_prob": 1.0}, {"shift_prob": 1.0}, {"half_body_prob": 1.0, "shift_prob": 1.0},
+                {"scale_prob": 0.0}, {"photometric": lambda image, rng: image}]
     settings = [{**options, "rotate_prob": 1.0} for options in settings] + [{"rotate_prob": 0.0, "flip_prob": 1.0}]
     after, rotations = [], []
     for options in settings:
@@ -107,7 +115,7 @@ def test_draws_do_not_depend_on_the_settings():
         rotations.append(crop(TopDownTransform(CODEC, **options), record, rng)[2])
         after.append(rng.random())
     assert len(set(after)) == 1  # the same count of draws
-    assert len(set(rotations[:4])) == 1 and rotations[0] != 0  # the rotation's draw is untouched by the others
+    assert len(set(rotations[:-1])) == 1 and rotations[0] != 0  # the rotation's draw is untouched by the others
 
 
 def test_half_body_without_an_upper_body_is_a_config_error(tmp_path):
@@ -130,3 +138,112 @@ def test_training_with_half_body_and_shift(tmp_path):
     scalars = (next(tmp_path.glob("*/vis_data/scalars.json"))).read_text().splitlines()
     losses = [json.loads(line)["loss"] for line in scalars if '"loss"' in line]
     assert losses and np.isfinite(losses).all()
+
+
+def test_scale_and_rotation_are_mmposes_truncated_normals():
+    record = person()
+    box_scale = fix_aspect_ratio(np.array(BOX[2:]) * 1.25, ASPECT)
+    options = {**FIXED, "scale_factor": [0.6, 1.2], "scale_prob": 1.0, "rotate_factor": 50.0, "rotate_prob": 1.0}
+    drawn = [crop(TopDownTransform(CODEC, **options), record, np.random.default_rng(seed)) for seed in range(300)]
+    factors = np.array([scale / box_scale for _, scale, _ in drawn])
+    rotations = np.array([rotation for _, _, rotation in drawn])
+    np.testing.assert_allclose(factors[:, 0], factors[:, 1], rtol=1e-6)  # one factor for both sides
+    assert 0.6 <= factors.min() < 0.65 and 1.15 < factors.max() <= 1.2 and abs(factors.mean() - 0.9) < 0.02
+    assert -50 <= rotations.min() < -45 and 45 < rotations.max() <= 50
+    # A truncated standard normal's standard deviation, 0.538, times the factor (the old clipped normal's: 0.8).
+    assert abs(rotations.std() / 50 - 0.538) < 0.05
+    unchanged = [crop(TopDownTransform(CODEC, **{**options, "scale_prob": 0.0, "rotate_prob": 0.0}), record,
+                      np.random.default_rng(seed)) for seed in range(5)]
+    assert all(np.allclose(scale, box_scale) and rotation == 0 for _, scale, rotation in unchanged)
+
+
+class _Draws:
+    """An rng whose uniforms are given: MMPose's draws, replayed."""
+
+    def __init__(self, uniforms: list[float]) -> None:
+        self.uniforms = list(uniforms)
+
+    def random(self, count: int) -> np.ndarray:
+        taken, self.uniforms = self.uniforms[:count], self.uniforms[count:]
+        return np.array(taken)
+
+    def integers(self, high: int) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("flip", [0, 1], ids=["plain", "flipped"])
+def test_augmented_crop_is_mmposes_for_the_same_draws(flip):
+    """MMPose mirrors the image first, then takes the half body and shifts, scales and turns the box (in mirrored
+    coordinates); the crop and the keypoints in it are MMPose's for the same draws (OpenCV's pixels within one grey
+    level, border included)."""
+    codec = MSRAHeatmap(input_size=(24, 32), heatmap_size=(6, 8))
+    record = {"image": GOLDEN["pipeline/image"], "keypoints": GOLDEN["pipeline/keypoints"],
+              "visible": np.ones(17, np.float32), "box": GOLDEN["pipeline/box"]}
+    transform = TopDownTransform(codec, half_body_prob=1.0, upper_prioritized_prob=1.0, shift_prob=1.0,
+                                 scale_factor=[0.6, 1.4], rotate_factor=50.0, rotate_prob=1.0)
+    normal = NormalDist()
+    within_one = normal.cdf(1) - normal.cdf(-1)
+    truncated = [(normal.cdf(t) - normal.cdf(-1)) / within_one for t in GOLDEN["pipeline/t"].tolist()]
+    taken, encoded = [], []
+    transform.crop_matrix = lambda *args: taken.append(args) or codec.crop_matrix(*args)
+    codec.encode = lambda keypoints, visible: encoded.append(keypoints) or {}
+    # Draws: flip (below 0.5: flipped), half body, upper body, shift, scale, rotation; then the truncated normals.
+    sample = transform(record, _Draws([0.9 - 0.9 * flip, 0, 0, 0, 0, 0] + truncated))
+    center, scale, rotation, _ = taken[0]
+    np.testing.assert_allclose(center, GOLDEN["pipeline/center"][flip], rtol=1e-5)
+    np.testing.assert_allclose(scale, GOLDEN["pipeline/scale"][flip], rtol=1e-5)
+    assert rotation == pytest.approx(float(GOLDEN["pipeline/rotation"][flip]), abs=1e-4)
+    np.testing.assert_allclose(encoded[0], GOLDEN["pipeline/crop_keypoints"][flip], atol=2e-3)
+    image = sample["img"].transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
+    assert np.abs(image - GOLDEN["pipeline/crop"][flip]).max() <= 1.01
+
+
+def test_warp_is_opencvs_within_a_grey_level_across_the_border():
+    image = GOLDEN["warp/image"]
+    assert (GOLDEN["warp/out"] == 0).all(axis=-1).any(axis=(1, 2)).sum() >= 4  # they cross the image's border
+    for matrix, expected in zip(GOLDEN["warp/matrix"], GOLDEN["warp/out"]):
+        assert np.abs(warp_affine(image, matrix, (24, 16)) - expected).max() <= 1
+
+
+def test_photometric_gets_the_crop_and_its_own_generator():
+    record = {**person(), "image": np.full((200, 100, 3), 100, np.uint8)}
+    seen = []
+
+    def darken(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        seen.append((image.dtype, image.shape, image.max(), rng.random()))
+        return image // 2
+
+    sample = TopDownTransform(CODEC, photometric=darken, **FIXED)(record, np.random.default_rng(5))
+    replay = np.random.default_rng(5)
+    replay.random(10)
+    expected = np.random.default_rng(int(replay.integers(2 ** 63))).random()
+    assert seen == [(np.uint8, (64, 48, 3), 100, expected)]
+    plain = TopDownTransform(CODEC, **FIXED)(record, np.random.default_rng(5))
+    np.testing.assert_allclose(sample["img"] * IMAGENET_STD[:, None, None],
+                               (plain["img"] * IMAGENET_STD[:, None, None] + IMAGENET_MEAN[:, None, None]) // 2
+                               - IMAGENET_MEAN[:, None, None], atol=1e-3)
+    TopDownTransform(CODEC, photometric=darken, train=False)(record, np.random.default_rng(5))
+    assert len(seen) == 1  # validation: never
+
+
+def test_a_float_scale_factor_says_how_to_write_it(tmp_path):
+    config = write_tiny_config(tmp_path, augment={"scale_factor": 0.25})
+    with pytest.raises(ConfigError, match=r"'augment.scale_factor' must be .*write \[1 - f, 1 \+ f\]\), got float$"):
+        load_config(config, [], [])
+
+
+def test_annotation_boxes_are_clipped_to_the_image_as_mmpose_does(tmp_path):
+    Image.new("RGB", (100, 80)).save(tmp_path / "a.png")
+    keypoints = [50, 40, 2] * 17
+    annotations = [{"id": 1, "image_id": 1, "bbox": [-10.5, 20, 130, 70], "keypoints": keypoints},
+                   {"id": 2, "image_id": 1, "bbox": [10, 5, 20, 30], "keypoints": keypoints}]
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 80}],
+                                    "annotations": annotations}))
+    det_file = tmp_path / "det.json"
+    det_file.write_text(json.dumps([{"image_id": 1, "bbox": [-10.5, 20, 130, 70], "score": 0.9}]))
+    source = CocoKeypoints(ann_file, tmp_path)
+    np.testing.assert_array_equal(source.load(0)["box"], [0, 20, 99, 59])  # corners to [0, 99] x [0, 79]
+    np.testing.assert_array_equal(source.load(1)["box"], [10, 5, 20, 30])
+    detected = CocoKeypoints(ann_file, tmp_path, det_file=det_file, train=False)
+    np.testing.assert_array_equal(detected.load(0)["box"], [-10.5, 20, 130, 70])  # MMPose keeps detections as they are

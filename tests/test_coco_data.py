@@ -125,7 +125,9 @@ def test_coco_train_instances_match_the_json(coco_files):
         np.testing.assert_array_equal(record["visible"], (triples[:, 2] > 0).astype(np.float32))
         assert record["keypoints"].dtype == record["visible"].dtype == record["box"].dtype == np.float32
         assert record["keypoints"].shape == (17, 2) and record["visible"].shape == (17,)
-        np.testing.assert_allclose(record["box"], ann["bbox"], rtol=1e-6)
+        x, y, w, h = ann["bbox"]  # corners clipped to the image's pixel centres, as MMPose clips them
+        corners = np.clip([x, y, x + w, y + h], 0, [image["width"] - 1, image["height"] - 1] * 2)
+        np.testing.assert_allclose(record["box"], [*corners[:2], *(corners[2:] - corners[:2])], rtol=1e-6)
         assert record["score"] == 1.0 and isinstance(record["ann_id"], int)
 
 

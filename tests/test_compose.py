@@ -38,7 +38,7 @@ type = "CocoMetric"
 
 [augment]
 flip_prob = 0.0
-scale_factor = 0.0
+scale_prob = 0.0
 rotate_prob = 0.0
 
 [optim]

@@ -165,7 +165,7 @@ def test_flip_augmentation_matches_a_mirrored_record(dataset):
         "visible": record["visible"][order],
         "box": np.array([width - 1 - x - w, y, w, h], dtype=np.float32),
     }
-    flip_only = TopDownTransform(CODEC, flip_prob=1.0, scale_factor=0.0, rotate_prob=0.0)
+    flip_only = TopDownTransform(CODEC, flip_prob=1.0, scale_prob=0.0, rotate_prob=0.0)
     flipped = flip_only(record, np.random.default_rng(0))
     expected = no_augmentation()(mirrored)
     one_level = 1 / (0.224 * 255)  # one grey level after normalisation: rounding of a sample at .5 may differ

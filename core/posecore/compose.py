@@ -267,8 +267,8 @@ def _keys(config: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
 
 
 def leaves(config: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
-    """Each value of ``config`` that is not a table, with its dotted key."""
-    return ((key, value) for key, value in _keys(config) if not isinstance(value, dict))
+    """Each value of ``config`` that is not a table (or is an empty one), with its dotted key."""
+    return ((key, value) for key, value in _keys(config) if not isinstance(value, dict) or not value)
 
 
 def _line_numbers(text: str) -> dict[str, int]:

@@ -18,29 +18,52 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from posecore.config import Key
 from posecore.errors import ConfigError, PosecoreError
 from posecore.rng import init_worker, mixed_rng
+from posecore.pose import photometric
 from posecore.pose.transforms import TopDownTransform
 
 
 class KeyedDataset(Dataset):
-    """Top-down samples addressed by ``(epoch, index)``; augmentation drawn from (seed, epoch, index)."""
+    """Top-down samples addressed by ``(epoch, index)``; augmentation drawn from (seed, epoch, index).
 
-    def __init__(self, source: Any, transform: TopDownTransform, seed: int) -> None:
+    With ``switch`` (epoch, transform), samples of that epoch and later use that transform instead (MMPose's
+    PipelineSwitchHook): chosen by each key's epoch, so it holds in every worker and in a resumed run alike.
+    """
+
+    def __init__(self, source: Any, transform: TopDownTransform, seed: int,
+                 switch: tuple[int, TopDownTransform] | None = None) -> None:
         self.source = source
         self.transform = transform
+        self.switch = switch
         self.seed = seed
         self.epoch = 0  # the epoch whose workers start next (for seeding their global generators)
+        self._switched = False
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
         epoch, index = key
-        rng = mixed_rng(self.seed, epoch, index) if self.transform.train else None
+        transform = self.transform_at(epoch)
+        rng = mixed_rng(self.seed, epoch, index) if transform.train else None
         record = self.source.load(index)
-        sample = self.transform(record, rng)
+        sample = transform(record, rng)
         sample.update({key: record[key] for key in ("image_id", "score") if key in record})  # for COCO results
         sample["index"] = index  # to put the validation shards of several processes back in order
         return sample
+
+    def transform_at(self, epoch: int) -> TopDownTransform:
+        """The transform of ``epoch``'s samples."""
+        if self.switch is not None and epoch >= self.switch[0]:
+            return self.switch[1]
+        return self.transform
+
+    def set_epoch(self, epoch: int) -> bool:
+        """Set the epoch whose workers start next; True at the first such epoch of this process that uses the
+        switched transform (to say so once)."""
+        self.epoch = epoch
+        starts = self.transform_at(epoch) is not self.transform and not self._switched
+        self._switched = self._switched or starts
+        return starts
 
 
 class EpochSampler(Sampler):
@@ -91,11 +114,25 @@ class ShardSampler(Sampler):
         return ((0, i) for i in self.indices)
 
 
-def build_transform(run: Any, layout: Any, train: bool) -> TopDownTransform:
-    """The top-down transform that the run's codec and augmentation and the data's keypoint ``layout`` (flip pairs,
-    upper body for the half body) describe (no augmentation and no targets unless ``train``)."""
+def build_transform(run: Any, layout: Any, train: bool, augment: dict[str, Any] | None = None) -> TopDownTransform:
+    """The top-down transform that the run's codec, the augmentation options ``augment`` (default: the run's
+    ``[augment]``, without its switch) and the data's keypoint ``layout`` (flip pairs, upper body for the half body)
+    describe (no augmentation and no targets unless ``train``)."""
+    augment = run.config["augment"] if augment is None else augment
+    geometric = {key: value for key, value in augment.items() if key not in photometric.KEYS and key != "switch"}
     return TopDownTransform(run.codec, flip_pairs=layout.flip_pairs, train=train, upper_body=layout.upper_body,
-                            **run.config["augment"])
+                            photometric=photometric.PhotometricAugmentation.from_options(augment) if train else None,
+                            **geometric)
+
+
+def build_switch(run: Any, layout: Any) -> tuple[int, TopDownTransform] | None:
+    """The training transform from ``augment.switch.epoch`` on: ``[augment]`` with the switch's keys replaced (None
+    without a switch)."""
+    switch = dict(run.config["augment"]["switch"])
+    if not switch:
+        return None
+    epoch = switch.pop("epoch")
+    return epoch, build_transform(run, layout, True, {**run.config["augment"], **switch})
 
 
 def build_loader(run: Any, section: str) -> DataLoader:
@@ -111,8 +148,9 @@ def build_loader(run: Any, section: str) -> DataLoader:
             raise ConfigError(f"{section}.dataset.{key}: {Path(value).absolute()} does not exist (a relative path is "
                               f"from the config file's folder, or from the current directory on the command line)")
     source = run.plugins.build("dataset", options["dataset"], train=train)
-    dataset = KeyedDataset(source, build_transform(run, run.plugins.layout(options["dataset"]), train),
-                           run.seed)
+    layout = run.plugins.layout(options["dataset"])
+    dataset = KeyedDataset(source, build_transform(run, layout, train), run.seed,
+                           build_switch(run, layout) if train else None)
     batch_size = options["batch_size"]
     if train and len(dataset) < batch_size * world_size:
         raise ConfigError(f"{section}.dataset has {len(dataset)} samples, fewer than batch_size {batch_size} x "

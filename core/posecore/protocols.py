@@ -49,7 +49,8 @@ class RecordSource(Protocol):
         """The number of person instances."""
 
     def load(self, index: int) -> dict[str, Any]:
-        """Instance ``index``: ``image`` uint8 (H, W, 3) RGB, ``keypoints`` float32 (K, 2) pixel (x, y) with
+        """Instance ``index``: ``image`` uint8 (H, W, 3) RGB (an array, or an image the crop decodes at the
+        scale it needs, as :class:`posecore.pose.coco.EncodedImage`), ``keypoints`` float32 (K, 2) pixel (x, y) with
         integer values at pixel centres, ``visible`` float32 (K,) (0: not labelled), ``box`` float32
         (x, y, w, h); optionally ``image_id`` (int) and ``score`` (the box's detection score) for metrics that
         group instances by image. Raise :class:`posecore.errors.InputError` naming the file for bad data."""

@@ -53,6 +53,17 @@ def _box(value: Any) -> np.ndarray | None:
     return box if np.all(np.isfinite(box)) else None
 
 
+def _clipped(box: np.ndarray, width: int | None, height: int | None) -> np.ndarray:
+    """``box`` (x, y, w, h) with its corners clipped to the pixel centres of a ``width`` x ``height`` image, as
+    MMPose's CocoDataset clips annotation boxes (as is where the file gives no image size)."""
+    if width is None or height is None:
+        return box
+    low = np.zeros(2, dtype=np.float32)
+    high = np.array([width - 1, height - 1], dtype=np.float32)
+    corner = np.clip(box[:2], low, high)
+    return np.concatenate([corner, np.clip(box[:2] + box[2:], low, high) - corner])
+
+
 class CocoKeypoints:
     """A record source over a COCO person-keypoints annotation file.
 
@@ -62,8 +73,10 @@ class CocoKeypoints:
     list of person boxes): one instance per detection with ``score >= det_score_thr``, whose
     ground-truth keypoints are zeros with ``visible`` 0.
 
-    ``load(index)`` returns ``image`` uint8 (H, W, 3), ``keypoints`` float32 (K, 2), ``visible``
-    float32 (K,) (1 where v > 0), ``box`` float32 (x, y, w, h), ``image_id`` int, ``score`` float
+    ``load(index)`` returns ``image`` (an :class:`EncodedImage`: uint8 (H, W, 3) as an array, decoded at load,
+    or with ``reduced_decode`` by the transform at the scale the crop needs), ``keypoints`` float32 (K, 2), ``visible``
+    float32 (K,) (1 where v > 0), ``box`` float32 (x, y, w, h) (an annotation's clipped to the image as MMPose
+    clips it, a detection's as detected), ``image_id`` int, ``score`` float
     (the detection score, or 1.0) and ``ann_id`` int (-1 for detections).
     """
 
@@ -76,6 +89,11 @@ class CocoKeypoints:
         "det_file": Key(str, None, "Detected person boxes (COCO results JSON) to use instead of the annotations' "
                                    "boxes." + RELATIVE, input_path=True),
         "det_score_thr": Key(float, 0.0, "Ignore detections scoring below this.", min=0, max=1),
+        "reduced_decode": Key(bool, False, "Decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) where the "
+                                           "crop still gets a pixel per input pixel: faster for persons larger than "
+                                           "the network input; such crops are area-averaged rather than sampled, "
+                                           "about 3 grey levels from full decoding's on average, with no shift "
+                                           "(bench/README.md)."),
     }, "COCO-format keypoint annotations and images (COCO, OCHuman, CrowdPose, your own data).")
 
     layout = staticmethod(keypoint_layout)
@@ -91,6 +109,7 @@ class CocoKeypoints:
         sigmas: Sequence[float] | None = None,
         det_file: PathLike | None = None,
         det_score_thr: float = 0.0,
+        reduced_decode: bool = False,
         train: bool = True,
     ) -> None:
         self.ann_file = Path(ann_file)
@@ -99,6 +118,7 @@ class CocoKeypoints:
                                               "flip_pairs": flip_pairs, "skeleton": skeleton, "sigmas": sigmas})
         self.det_file = None if det_file is None else Path(det_file)
         self.det_score_thr = float(det_score_thr)
+        self.reduced_decode = bool(reduced_decode)
         self.train = train
         data = _read_json(self.ann_file, "annotation file")
         if not isinstance(data, dict):
@@ -129,7 +149,8 @@ class CocoKeypoints:
         return len(self._image_ids)
 
     def load(self, index: int) -> dict[str, Any]:
-        """The record of instance ``index``; its image is decoded now."""
+        """The record of instance ``index``; its image is decoded now (with ``reduced_decode``: only its header
+        is read, and the transform decodes it)."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} instances")
         image_id = self._image_ids[index]
@@ -190,6 +211,7 @@ class CocoKeypoints:
             box = _box(ann.get("bbox"))
             if box is None:
                 raise DataError(f"{where} (image id {image_id}): 'bbox' is not four numbers [x, y, w, h]; fix the file")
+            box = _clipped(box, *self._images[image_id][1:])
             if not (box[2] > 0 and box[3] > 0):
                 continue
             values = ann.get("keypoints")
@@ -244,19 +266,77 @@ class CocoKeypoints:
         self._keypoints.append(keypoints)
         self._visible.append(visible)
 
-    def _decode(self, image_id: int) -> np.ndarray:
+    def _decode(self, image_id: int) -> EncodedImage:
         file_name, width, height = self._images[image_id]
         path = self.img_dir / file_name
         where = f"image {path} (image id {image_id}, from {self.ann_file.name})"
         if not path.is_file():
             raise DataError(f"{where}: not found; check img_dir and the 'file_name' in the annotation file")
-        array = read_image(path, where)
-        if width is not None and height is not None and array.shape[:2] != (height, width):
+        image = EncodedImage(path, where, self.reduced_decode)
+        if width is not None and height is not None and image.shape[:2] != (height, width):
             raise DataError(
-                f"{where}: is {array.shape[1]}x{array.shape[0]} but the annotation file says {width}x{height}; "
+                f"{where}: is {image.shape[1]}x{image.shape[0]} but the annotation file says {width}x{height}; "
                 f"the image does not match its annotations"
             )
-        return array
+        if not self.reduced_decode:
+            image.decode()  # a broken file fails here, in load
+        return image
+
+
+class EncodedImage:
+    """An image file as a record's ``image``: uint8 RGB (H, W, 3) wherever an array is expected (``shape``,
+    ``np.asarray``, indexing), and, for the top-down crop, a Pillow image without copies, decoded at reduced scale
+    when ``reduced`` allows (libjpeg's DCT scaling; other formats decode in full). A missing or undecodable file
+    raises DataError naming it as ``where``."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, path: PathLike, where: str | None = None, reduced: bool = False) -> None:
+        self.path = Path(path)
+        self.where = where or f"image {path}"
+        self.reduced = reduced
+        self._full: Image.Image | None = None
+        width, height = self._open().size  # the header only
+        self.shape = (height, width, 3)
+
+    def decode(self, largest_factor: int = 1) -> tuple[Image.Image, int]:
+        """The RGB image decoded at 1 / factor of its size, and that factor: the largest of 1, 2, 4 and 8 up to
+        ``largest_factor`` (1 unless ``reduced``). Reduced pixel (i, j) covers full pixels [f i, f (i + 1)) x
+        [f j, f (j + 1)): its centre is full pixel (f i + (f - 1) / 2, f j + (f - 1) / 2)."""
+        factor = max((f for f in (8, 4, 2) if f <= largest_factor), default=1) if self.reduced else 1
+        if factor == 1 and self._full is not None:
+            return self._full, 1
+        image = self._open()
+        try:
+            with image:
+                if factor > 1:
+                    drafted = image.draft("RGB", (max(image.width // factor, 1), max(image.height // factor, 1)))
+                    # The scale the decoder took: draft's box is the full size over it.
+                    factor = round(self.shape[1] / drafted[1][2]) if drafted else 1
+                decoded = image.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as error:
+            raise self._undecodable(error) from None
+        if factor == 1:
+            self._full = decoded
+        return decoded, factor
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return np.asarray(self.decode()[0], dtype=dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self)[key]
+
+    def _open(self) -> Image.Image:
+        try:
+            return Image.open(self.path)
+        except FileNotFoundError:
+            raise DataError(f"{self.where}: not found; check the path") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            raise self._undecodable(error) from None
+
+    def _undecodable(self, error: Exception) -> DataError:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return DataError(f"{self.where}: cannot be decoded ({reason}); replace the file with a valid image")
 
 
 def read_image(path: PathLike, where: str | None = None) -> np.ndarray:
@@ -264,12 +344,4 @@ def read_image(path: PathLike, where: str | None = None) -> np.ndarray:
 
     ``where`` names the image in the message (default: ``image PATH``).
     """
-    where = where or f"image {path}"
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"{where}: not found; check the path") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"{where}: cannot be decoded ({reason}); replace the file with a valid image") from None
+    return np.array(EncodedImage(path, where), dtype=np.uint8)

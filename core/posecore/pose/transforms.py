@@ -9,7 +9,7 @@ output exactly, and heatmap pixel u covers input pixels [u * stride, (u + 1) * s
 from __future__ import annotations
 
 from statistics import NormalDist
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -77,35 +77,74 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-def warp_affine(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
+def warp_affine(image: Any, matrix: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
     """Bilinear warp of a uint8 (H, W, C) image by ``matrix`` (image to output) into float32 (h, w, C).
 
-    Outside the image counts as zero; values are rounded to whole numbers, as any uint8 warp (OpenCV's
-    in MMPose) rounds them. Pillow does the sampling, reading only the pixels the output
-    needs (converting the whole image to float first cost 10x more on COCO-sized photos).
+    Outside the image counts as zero, samples within a pixel of its border blending with that zero, and values are
+    rounded to whole numbers: OpenCV's ``warpAffine`` (INTER_LINEAR, BORDER_CONSTANT 0, as MMPose warps) within one
+    grey level. Pillow does the sampling on the part of the image the output reads, with a black border of one pixel
+    (converting the whole image to float first cost 10x more on COCO-sized photos).
+
+    ``image`` is an array, a Pillow image (no copy to an array and back), or an image decoded on demand: an object
+    whose ``decode(largest_factor)`` gives a Pillow image decoded at 1 / factor of its size and that factor (as
+    :class:`posecore.pose.coco.EncodedImage`). It is asked for the smallest scale that still has a pixel for each
+    output pixel in every direction; the matrix then maps that image's pixels, whose centres sit at
+    ``factor * i + (factor - 1) / 2`` in the full image.
     """
     from PIL import Image
 
-    a, b, c, d, e, f = invert_affine(matrix).ravel().tolist()
+    decode = getattr(image, "decode", None)
+    if decode is not None:
+        stretch = float(np.linalg.norm(matrix[:, :2], ord=2))  # output pixels per image pixel, at most
+        image, factor = decode(int(min(8.0, 1.0 / stretch)))
+        if factor > 1:
+            offset = (factor - 1) / 2
+            matrix = _compose(matrix, np.array([[factor, 0.0, offset], [0.0, factor, offset]]))
+    width, height = output_size
+    inverse = invert_affine(matrix)
+    corners = transform_points(np.array([[-1.0, -1.0], [width, -1.0], [-1.0, height], [width, height]]), inverse)
+    # The image pixels the samples blend (two beyond each corner's), in the image padded by one black pixel.
+    if isinstance(image, Image.Image):
+        (image_width, image_height), channels = image.size, (len(image.getbands()),)
+    else:
+        (image_height, image_width), channels = image.shape[:2], image.shape[2:]
+    x0, y0 = np.maximum(np.floor(corners.min(axis=0)).astype(int) - 2, -1)
+    x1, y1 = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 3, [image_width + 1, image_height + 1])
+    if x0 >= x1 or y0 >= y1:
+        return np.zeros((height, width) + channels, dtype=np.float32)
+    if isinstance(image, Image.Image):
+        region = image.crop((int(x0), int(y0), int(x1), int(y1)))  # black beyond the image
+    else:
+        pixels = np.zeros((y1 - y0, x1 - x0) + channels, dtype=np.uint8)
+        inside_x, inside_y = slice(max(x0, 0), min(x1, image_width)), slice(max(y0, 0), min(y1, image_height))
+        pixels[inside_y.start - y0:inside_y.stop - y0, inside_x.start - x0:inside_x.stop - x0] = image[inside_y,
+                                                                                                       inside_x]
+        region = Image.fromarray(pixels)
+    a, b, c, d, e, f = inverse.ravel().tolist()
     # Pillow maps output pixel u to input a * (u + 0.5) + b * (v + 0.5) + c in coordinates whose pixel
-    # centres lie at +0.5; ours have them at integers, hence the half-pixel terms.
-    coefficients = (a, b, c + 0.5 - 0.5 * (a + b), d, e, f + 0.5 - 0.5 * (d + e))
-    warped = Image.fromarray(image).transform(tuple(output_size), Image.Transform.AFFINE, coefficients,
-                                             resample=Image.Resampling.BILINEAR)
+    # centres lie at +0.5; ours have them at integers, hence the half-pixel terms; the region starts at (x0, y0).
+    coefficients = (a, b, c + 0.5 - 0.5 * (a + b) - x0, d, e, f + 0.5 - 0.5 * (d + e) - y0)
+    warped = region.transform(tuple(output_size), Image.Transform.AFFINE, coefficients,
+                              resample=Image.Resampling.BILINEAR)
     return np.asarray(warped, dtype=np.float32)
+
+
+Photometric = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+"""A photometric augmentation: (uint8 crop (h, w, 3), its own rng) to a uint8 crop of the same shape."""
 
 
 class TopDownTransform:
     """Record (image, keypoints, visible, box) to network sample: crop, augment, normalise, encode.
 
     The crop has the codec's ``input_size`` (width, height). With ``train`` and an rng, it is augmented as
-    MMPose's pipeline does (mirrored; narrowed to the upper or lower body's labelled keypoints, as RandomHalfBody;
-    shifted, scaled and rotated, as RandomBBoxTransform), drawing the same count of numbers from that rng only
-    whatever the settings, and the codec encodes the keypoints as training targets; otherwise the crop is the
-    padded box as is, without targets. ``upper_body`` lists the layout's upper-body keypoints (the rest are the
-    lower body); the half body needs it. The returned ``center``/``scale`` are always those of the unaugmented
-    crop (for decoding predictions), and ``keypoints``/``visible``/``box`` are the record's, in image coordinates
-    (the ground truth).
+    MMPose's pipeline does, in its order: mirrored (RandomFlip: the image, keypoints and box centre); narrowed to
+    the upper or lower body's labelled keypoints (RandomHalfBody); shifted, scaled and rotated (RandomBBoxTransform);
+    then ``photometric``, if given, changes the warped crop's colours. The draws come from that rng only, the same
+    count whatever the settings, the photometric one from a generator seeded by the last of them; the codec encodes
+    the keypoints as training targets. Otherwise the crop is the padded box as is, without targets. ``upper_body``
+    lists the layout's upper-body keypoints (the rest are the lower body); the half body needs it. The returned
+    ``center``/``scale`` are always those of the unaugmented crop (for decoding predictions), and
+    ``keypoints``/``visible``/``box`` are the record's, in image coordinates (the ground truth).
     """
 
     def __init__(
@@ -114,8 +153,9 @@ class TopDownTransform:
         flip_pairs: Sequence[tuple[int, int]] = COCO17.flip_pairs,
         train: bool = True,
         flip_prob: float = 0.5,
-        scale_factor: float = 0.25,
-        rotate_factor: float = 30.0,
+        scale_factor: Sequence[float] = (0.75, 1.25),
+        scale_prob: float = 1.0,
+        rotate_factor: float = 60.0,
         rotate_prob: float = 0.6,
         padding: float = 1.25,
         shift_factor: float = 0.16,
@@ -127,6 +167,7 @@ class TopDownTransform:
         half_body_padding: float = 1.5,
         upper_prioritized_prob: float = 0.7,
         upper_body: Sequence[int] | None = COCO17.upper_body,
+        photometric: Photometric | None = None,
     ) -> None:
         self.codec = codec
         self.input_size = tuple(codec.input_size)
@@ -134,7 +175,9 @@ class TopDownTransform:
         self.flip_pairs = tuple(tuple(pair) for pair in flip_pairs)
         self.train = train
         self.flip_prob = flip_prob
-        self.scale_factor = scale_factor
+        low, high = (float(v) for v in scale_factor)
+        self.scale_mean, self.scale_spread = (low + high) / 2, (high - low) / 2
+        self.scale_prob = scale_prob
         self.rotate_factor = rotate_factor
         self.rotate_prob = rotate_prob
         self.padding = padding
@@ -147,6 +190,7 @@ class TopDownTransform:
         self.half_body_padding = half_body_padding
         self.upper_prioritized_prob = upper_prioritized_prob
         self.upper_body = None if upper_body is None else tuple(upper_body)
+        self.photometric = photometric
         if train and half_body_prob > 0 and self.upper_body is None:
             raise ValueError("half_body_prob > 0 needs the layout's upper_body keypoints")
 
@@ -156,48 +200,54 @@ class TopDownTransform:
         center, scale = box_to_center_scale(record["box"], input_width / input_height, self.padding)
         keypoints = np.asarray(record["keypoints"], dtype=np.float32)
         visible = np.asarray(record["visible"], dtype=np.float32)
-        crop_center, crop_scale, rotation, flip = center, scale, 0.0, False
-        if self.train and rng is not None:
-            crop_center, crop_scale, rotation, flip = self._draw_augmentation(record["box"], center, scale,
-                                                                              keypoints, visible, rng)
-        matrix = self.crop_matrix(crop_center, crop_scale, rotation, self.input_size)
-        if flip:
-            matrix = _mirror_output(matrix, input_width)
+        augment = self.train and rng is not None
+        if augment:
+            matrix, order = self._augmented_crop(record, center, keypoints, visible, rng)
+        else:
+            matrix, order = self.crop_matrix(center, scale, 0.0, self.input_size), slice(None)
         image = warp_affine(record["image"], matrix, self.input_size)
+        if augment:
+            photometric_rng = np.random.default_rng(int(rng.integers(2 ** 63)))
+            if self.photometric is not None:
+                image = self.photometric(image.astype(np.uint8), photometric_rng).astype(np.float32)
         sample = {"img": np.ascontiguousarray(((image - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))}
         if self.train:
-            order = flip_order(len(keypoints), self.flip_pairs) if flip else slice(None)
             sample.update(self.codec.encode(transform_points(keypoints[order], matrix), visible[order]))
         sample.update(center=center, scale=scale, keypoints=keypoints, visible=visible,
                       box=np.asarray(record["box"], dtype=np.float32))
         return sample
 
-    def _draw_augmentation(
-        self, box: Sequence[float], center: np.ndarray, scale: np.ndarray, keypoints: np.ndarray,
-        visible: np.ndarray, rng: np.random.Generator,
-    ) -> tuple[np.ndarray, np.ndarray, float, bool]:
-        # Always draw all nine numbers, in this order, so one probability setting does not shift the others' stream
-        # (and configs without the half body and shift draw their first four numbers as before).
-        scale_noise, rotate_noise = rng.standard_normal(2)
-        rotate_draw, flip_draw, half_draw, upper_draw, shift_draw = rng.random(5)
-        # MMPose's shift is a standard normal truncated to [-1, 1], drawn here by inverting its distribution.
-        low, high = _WITHIN_ONE
-        shift_noise = np.array([_NORMAL.inv_cdf(low + u * (high - low)) for u in rng.random(2)])
-        # MMPose shifts by the padded box's size before it takes the input's aspect ratio.
-        size = np.asarray(box[2:], dtype=np.float32) * np.float32(self.padding)
+    def _augmented_crop(
+        self, record: dict, center: np.ndarray, keypoints: np.ndarray, visible: np.ndarray,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray | slice]:
+        """The augmented crop's matrix (image to crop) and the keypoint order its targets take (swapped when
+        mirrored), drawn as MMPose's RandomFlip, RandomHalfBody and RandomBBoxTransform draw them."""
+        # Always draw all ten numbers, in this order (and the photometric seed after them), so that one probability
+        # setting does not shift the others' stream.
+        flip_draw, half_draw, upper_draw, shift_draw, scale_draw, rotate_draw = rng.random(6)
+        shift_x, shift_y, scale_noise, rotate_noise = _truncated_normal(rng.random(4))
+        # MMPose's bbox_scale: the padded box, not yet of the input's aspect ratio.
+        size = np.asarray(record["box"][2:], dtype=np.float32) * np.float32(self.padding)
+        order: np.ndarray | slice = slice(None)
+        mirror = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+        if flip_draw < self.flip_prob:
+            # MMPose mirrors the image first (x to width - 1 - x) and augments the mirrored person.
+            order = flip_order(len(keypoints), self.flip_pairs)
+            mirror = np.array([[-1.0, 0.0, record["image"].shape[1] - 1], [0.0, 1.0, 0.0]])
+            keypoints = transform_points(keypoints[order], mirror).astype(np.float32)
+            visible, center = visible[order], transform_points(center, mirror).astype(np.float32)
         if half_draw < self.half_body_prob:
             half_body = self._half_body(keypoints, visible, upper_draw)
             if half_body is not None:
                 center, size = half_body
-                scale = fix_aspect_ratio(size, self.input_size[0] / self.input_size[1])
         if shift_draw < self.shift_prob:
-            center = (center + shift_noise * self.shift_factor * size).astype(np.float32)
-        factor = self.scale_factor
-        crop_scale = scale * np.float32(np.clip(1 + scale_noise * factor, 1 - factor, 1 + factor))
-        rotation, limit = 0.0, 2 * self.rotate_factor
-        if rotate_draw < self.rotate_prob:
-            rotation = float(np.clip(rotate_noise * self.rotate_factor, -limit, limit))
-        return center, crop_scale, rotation, bool(flip_draw < self.flip_prob)
+            center = (center + np.array([shift_x, shift_y]) * self.shift_factor * size).astype(np.float32)
+        if scale_draw < self.scale_prob:
+            size = size * np.float32(self.scale_mean + scale_noise * self.scale_spread)
+        rotation = float(rotate_noise * self.rotate_factor) if rotate_draw < self.rotate_prob else 0.0
+        crop_scale = fix_aspect_ratio(size, self.input_size[0] / self.input_size[1])
+        return _compose(self.crop_matrix(center, crop_scale, rotation, self.input_size), mirror), order
 
     def _half_body(
         self, keypoints: np.ndarray, visible: np.ndarray, upper_draw: float
@@ -222,12 +272,15 @@ class TopDownTransform:
         return points.mean(axis=0), size
 
 
-def _mirror_output(matrix: np.ndarray, width: int) -> np.ndarray:
-    """Follow ``matrix`` by a horizontal mirror of its output, x -> width - 1 - x."""
-    mirrored = -matrix
-    mirrored[1] = matrix[1]
-    mirrored[0, 2] += width - 1
-    return mirrored
+def _truncated_normal(uniforms: np.ndarray) -> np.ndarray:
+    """Standard normals truncated to [-1, 1] (MMPose's ``truncnorm.rvs(-1, 1)``), one per uniform in [0, 1)."""
+    low, high = _WITHIN_ONE
+    return np.array([_NORMAL.inv_cdf(low + u * (high - low)) for u in uniforms])
+
+
+def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The (2, 3) affine matrix applying ``inner`` then ``outer``."""
+    return np.concatenate([outer[:, :2] @ inner[:, :2], (outer[:, :2] @ inner[:, 2] + outer[:, 2])[:, None]], axis=1)
 
 
 def flip_order(count: int, flip_pairs: Sequence[tuple[int, int]]) -> np.ndarray:

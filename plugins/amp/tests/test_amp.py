@@ -166,7 +166,7 @@ def test_bfloat16_run_learns_on_cpu_through_the_cli(tmp_path):
     config = write_tiny(tmp_path, train={"max_iters": 40, "val_interval": 40, "log_interval": 10})
     result = posecore("train", str(config), "--work-dir", str(work_dir), "--amp", "--cfg-options",
                       "randomness.seed=3", "checkpoint.interval=40", "optim.lr=0.01", "augment.flip_prob=0",
-                      "augment.rotate_prob=0", "augment.scale_factor=0", "train_dataloader.batch_size=8")
+                      "augment.rotate_prob=0", "augment.scale_prob=0", "train_dataloader.batch_size=8")
     assert result.returncode == 0, result.stderr
     losses = [json.loads(line)["loss"] for line in next(work_dir.glob("*/vis_data/scalars.json")).read_text()
               .splitlines() if "loss" in line]
