@@ -316,7 +316,8 @@ def _schedule_table(run: Run) -> None:
 
     def apply() -> None:
         if not table:
-            table.extend(lr_factor(run.config["scheduler"], step, run.max_iters) for step in range(run.max_iters + 1))
+            table.extend(lr_factor(run.config["scheduler"], step, run.max_iters, run.iters_per_epoch)
+                         for step in range(run.max_iters + 1))
         factor = table[run.optimizer_steps]
         for group in run.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from posecore import hookimpl
 from posecore.errors import ConfigError
+from posecore.pose.photometric import check_augment
 from posecore.schema import CORE_SCHEMA
 from posecore.vis import LocalVisBackend
 
@@ -45,7 +46,8 @@ def dataset_types() -> dict[str, str]:
 def codec_types() -> dict[str, str]:
     return {"GaussianHeatmap": "posecore.pose.heatmap:GaussianHeatmap",
             "MSRAHeatmap": "posecore.pose.mmpose_codecs:MSRAHeatmap",
-            "UDPHeatmap": "posecore.pose.mmpose_codecs:UDPHeatmap"}
+            "UDPHeatmap": "posecore.pose.mmpose_codecs:UDPHeatmap",
+            "SimCCLabel": "posecore.pose.simcc:SimCCLabel"}
 
 
 @hookimpl
@@ -65,6 +67,7 @@ def configure(config: dict[str, Any]) -> None:
     if codec["type"] == "GaussianHeatmap" and any(i % h for i, h in zip(codec["input_size"], codec["heatmap_size"])):
         raise ConfigError(f"codec.input_size {codec['input_size']} must be a multiple of codec.heatmap_size "
                           f"{codec['heatmap_size']}")
+    check_augment(config["augment"])
 
 
 @hookimpl(trylast=True)

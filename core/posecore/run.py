@@ -153,6 +153,7 @@ class Run:
         self.rank, self.world_size = 0, 1
         self.iteration = self.epoch = self.epoch_batch = self.optimizer_steps = 0
         self.max_iters = 0
+        self.iters_per_epoch = 1
         self.best: dict[str, Any] = {}
         self.last_checkpoint: Path | None = None
         """The newest checkpoint complete on disk (a background write counts once it is verified)."""
@@ -312,24 +313,35 @@ class Run:
             return
         self.train_loader = build_loader(self, "train_dataloader")
         self.optimizer = _build_optimizer(self.config["optim"], self.model, self._lr_scale())
-        per_epoch = self.train_loader.sampler.usable // self.train_loader.sampler.global_batch
+        self.iters_per_epoch = self.train_loader.sampler.usable // self.train_loader.sampler.global_batch
         train_cfg = self.config["train"]
-        self.max_iters = train_cfg.get("max_iters") or train_cfg["max_epochs"] * per_epoch
+        self.max_iters = train_cfg.get("max_iters") or train_cfg["max_epochs"] * self.iters_per_epoch
 
     def build_model(self) -> None:
-        """Build the config's model for its keypoint layout and check that the codec can decode its output."""
+        """Build the config's model for its keypoint layout, check that the codec can decode its output, and log its
+        size: parameters, and GFLOPs of one crop (multiply-adds, as MMPose counts them)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
         options = self.config["model"]
         self.model = self.plugins.build("model", options, num_keypoints=self.layout.num_keypoints)
         if options["norm"] == "group":
             _to_group_norm(self.model)
         self.model.to(self.device)
+        if options["channels_last"]:
+            self.model.to(memory_format=torch.channels_last)
+            # The crops too, as the model is called: the data pipeline and the batches stay as they are.
+            self.model.register_forward_pre_hook(
+                lambda module, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:]))
         self.train_model = self.model
         width, height = self.codec.input_size
         self.model.eval()  # a shape probe: no BatchNorm statistics, no dropout draws
-        with torch.no_grad():
+        with torch.no_grad(), FlopCounterMode(display=False) as flops:
             output = self.model(torch.zeros(1, 3, height, width, device=self.device))
         self.model.train()
         self.codec.check_output(output)
+        self.log.info("model %s: %s parameters, %.3g GFLOPs at %dx%d (multiply-adds of one crop)", options["type"],
+                      f"{sum(p.numel() for p in self.model.parameters()):,}", flops.get_total_flops() / 2e9, width,
+                      height)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -349,16 +361,36 @@ class Run:
 
     def wrap_model(self) -> None:
         """Under torchrun: DistributedDataParallel around the model as loaded or resumed (and SyncBatchNorm
-        for ``model.norm = "sync_batch"``); a single process trains the model itself."""
-        if self.world_size == 1:
+        for ``model.norm = "sync_batch"``); a single process trains the model itself. ``model.compile``: what
+        trains is ``torch.compile`` of that; ``model`` stays the bare module (checkpoints keep its keys)."""
+        options = self.config["model"]
+        if self.world_size > 1:
+            if options["norm"] == "sync_batch":
+                if self.device.type != "cuda":
+                    raise ConfigError('model.norm = "sync_batch" needs CUDA; use "batch" or "group" on CPU')
+                # The converted layers take over the same parameter tensors, so the optimizer still holds them.
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if not options["compile"]:
             return
-        if self.config["model"]["norm"] == "sync_batch":
-            if self.device.type != "cuda":
-                raise ConfigError('model.norm = "sync_batch" needs CUDA; use "batch" or "group" on CPU')
-            # The converted layers take over the same parameter tensors, so the optimizer still holds them.
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.train_model = torch.nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.device.type == "cpu":  # else the first step fails deep in TorchInductor, with pages of traceback
+            import sysconfig
+
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            try:
+                get_cpp_compiler()
+            except RuntimeError:
+                raise ConfigError("model.compile = true needs a C++ compiler on a CPU (TorchInductor builds its "
+                                  "kernels with it) and none works here; install g++ (or set CXX to one), or set "
+                                  "model.compile = false") from None
+            headers = Path(sysconfig.get_path("include"))
+            if not (headers / "Python.h").is_file():
+                raise ConfigError(f"model.compile = true needs Python's headers on a CPU (TorchInductor builds its "
+                                  f"kernels against them) and {headers} has no Python.h; install them (e.g. the "
+                                  f"python3-dev package), or set model.compile = false")
+        self.train_model = torch.compile(self.train_model)
 
     def _close_loaders(self) -> None:
         """End the data workers: the pass in progress, and persistent ones."""
@@ -397,7 +429,8 @@ class Run:
         on_cpu = self.device.type == "cpu"  # the loader's tensors are there already: no .to() dispatch
         while True:
             loader.sampler.set_position(self.epoch, self.epoch_batch * loader.sampler.global_batch)
-            loader.dataset.epoch = self.epoch
+            if loader.dataset.set_epoch(self.epoch) and self.rank == 0:
+                self.log.info("augmentation switched at epoch %d", loader.dataset.switch[0])
             self._train_pass = data.iterate(loader)
             for batch in self._train_pass:
                 self.epoch_batch += 1
@@ -408,7 +441,7 @@ class Run:
     # ------------------------------------------------------------------------------ each step
     def apply_schedule(self) -> None:
         """Set the learning rate for the next optimizer step from ``optimizer_steps``."""
-        factor = lr_factor(self.config["scheduler"], self.optimizer_steps, self.max_iters)
+        factor = lr_factor(self.config["scheduler"], self.optimizer_steps, self.max_iters, self.iters_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
 
@@ -732,31 +765,56 @@ class Run:
             self.log.info("continuing the scalars in %s", self.vis_dir)
 
 
-def lr_factor(schedule: dict[str, Any], step: int, total: int) -> float:
-    """Learning-rate multiplier after ``step`` optimizer steps: linear warm-up, then the decay."""
+def lr_factor(schedule: dict[str, Any], step: int, total: int, per_epoch: int = 1) -> float:
+    """Learning-rate multiplier after ``step`` optimizer steps of ``total``: linear warm-up, then the decay
+    (``per_epoch``: iterations in an epoch, for a schedule given ``by_epoch``)."""
     warmup = schedule["warmup_iters"]
-    if step < warmup:
+    if step < warmup:  # MMEngine's LinearLR: from the ratio at step 0 to 1 at step warmup - 1
         ratio = schedule["warmup_ratio"]
-        return ratio + (1 - ratio) * step / warmup
-    kind = schedule["type"]
+        return ratio + (1 - ratio) * step / max(1, warmup - 1)
+    kind, unit = schedule["type"], per_epoch if schedule["by_epoch"] else 1
     if kind == "cosine":
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        begin = max(warmup, schedule["begin"] * unit)  # flat from the warm-up's end to begin
+        progress = min(1.0, max(0, step - begin) / max(1, total - begin))
         low = schedule["min_lr_ratio"]
         return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
     if kind == "step":
-        return schedule["gamma"] ** sum(step >= m for m in schedule["milestones"])
+        return schedule["gamma"] ** sum(step >= m * unit for m in schedule["milestones"])
     return 1.0
 
 
 def _build_optimizer(options: dict[str, Any], model: torch.nn.Module, lr_scale: float) -> torch.optim.Optimizer:
-    params, kind, lr = model.parameters(), options["type"], options["lr"] * lr_scale
+    kind, lr, decay = options["type"], options["lr"] * lr_scale, options["weight_decay"]
+    groups = [{"params": params, "weight_decay": decay * mult}
+              for mult, params in _decay_groups(model, options["paramwise"]).items()]
     if kind == "SGD":
-        optimizer = torch.optim.SGD(params, lr=lr, momentum=options["momentum"], weight_decay=options["weight_decay"])
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=options["momentum"], weight_decay=decay)
     else:
-        optimizer = getattr(torch.optim, kind)(params, lr=lr, weight_decay=options["weight_decay"])
+        optimizer = getattr(torch.optim, kind)(groups, lr=lr, weight_decay=decay)
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]
     return optimizer
+
+
+_NORMS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm, torch.nn.GroupNorm,
+          torch.nn.LayerNorm)
+
+
+def _decay_groups(model: torch.nn.Module, paramwise: dict[str, float]) -> dict[float, list[torch.nn.Parameter]]:
+    """The parameters by weight-decay multiplier, as MMEngine's ``paramwise_cfg`` gives it: ``norm_decay_mult`` for
+    normalisation layers' weights and biases, ``bias_decay_mult`` for other biases, 1 for the rest. One group when
+    all are 1 (so the optimizer state keeps its layout)."""
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen:  # shared between modules: listed once
+                continue
+            seen.add(id(param))
+            mult = (paramwise["norm_decay_mult"] if isinstance(module, _NORMS)
+                    else paramwise["bias_decay_mult"] if name == "bias" else 1.0)
+            groups.setdefault(float(mult), []).append(param)
+    return groups
 
 
 def _pick_device(name: str) -> torch.device:
@@ -771,7 +829,7 @@ def _pick_device(name: str) -> torch.device:
     return device
 
 
-_NOT_IN_THE_WEIGHTS = ("flip_test", "init_weights", "init_from", "dropout")
+_NOT_IN_THE_WEIGHTS = ("flip_test", "init_weights", "init_from", "dropout", "channels_last", "compile")
 """Model keys (at any depth, e.g. ``model.backbone.init_from``) that do not change what trained weights compute."""
 
 

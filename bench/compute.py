@@ -1,0 +1,133 @@
+"""Speed of ``model.channels_last`` and ``model.compile`` against eager on HRNet-W32 training steps.
+
+    .venv/bin/python bench/compute.py                          # CPU, batch 8 at 192x256: eager, channels_last,
+                                                               # compile, both; then the resume check
+    .venv/bin/python bench/compute.py --batch 4 --iters 2 --rounds 3 --threads 2
+    .venv/bin/python bench/compute.py --variants eager,compile --no-resume-check
+
+The model is ``TopdownPoseEstimator`` with MMPose's HRNet-W32 backbone, a head without deconvolutions and
+``KeypointMSELoss`` (``examples/mmpose/td-hm_hrnet-w32_8xb64-210e_coco-256x192.toml``'s network, randomly
+initialised), MSRAHeatmap targets for 192x256 crops (48x64 heatmaps), AdamW. Each variant is a ``Run``
+built as ``posecore train`` builds it (``Run.build``, then ``Run.wrap_model``, which compiles) and trained
+by the loop's own step: ``run.train_model`` forward, ``run.model.loss``, the core's ``backward_step``. All
+variants train on one batch of synthetic figures, kept in memory (data loading is not measured).
+
+First step: the first training step of each variant, which for ``compile`` includes Dynamo's tracing
+and TorchInductor's kernel builds (an empty ``TORCHINDUCTOR_CACHE_DIR`` measures a cold build; the
+default cache in /tmp makes later runs of the bench warm). Then rounds: each variant runs ``--iters``
+steps in turn, in the same order every round; steps/s per round, the median over rounds, and each
+variant's ratio to eager (the median of the per-round ratios).
+
+Resume check (tiny config, inductor-compiled): a 4-iteration compiled run, and a compiled run resumed from
+its iteration-2 checkpoint; prints the checkpoint entries in which their iteration-4 checkpoints differ
+(none: bitwise resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from posecore.plugins import resolve
+from posecore.run import Run
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {"eager": {}, "channels_last": {"channels_last": True}, "compile": {"compile": True},
+            "both": {"channels_last": True, "compile": True}}
+
+
+def make_run(options: dict[str, bool], batch_size: int, work_dir: str) -> Run:
+    user = {"work_dir": work_dir, "device": "cpu", "plugins": [],
+            "codec": {"type": "MSRAHeatmap", "input_size": [192, 256], "heatmap_size": [48, 64], "sigma": 2.0},
+            "model": {"type": "TopdownPoseEstimator", "backbone": {"type": "HRNet", "arch": "w32"},
+                      "head": {"deconv_out_channels": []}, **options},
+            "train_dataloader": {"batch_size": batch_size, "num_workers": 0,
+                                 "dataset": {"num_samples": batch_size, "image_size": [256, 256]}},
+            "val_dataloader": {"batch_size": 1, "dataset": {"num_samples": 1}},
+            "train": {"max_iters": 1000}}
+    config, plugins = resolve(user, lambda key: "bench", installed=[])
+    run = Run(config, plugins)
+    run.seed = 2026
+    run.build()
+    run.wrap_model()
+    return run
+
+
+def steps(run: Run, batch: dict[str, torch.Tensor], count: int) -> float:
+    """Seconds for ``count`` training steps of the loop's own kind."""
+    start = time.perf_counter()
+    for _ in range(count):
+        loss = run.model.loss(run.train_model(batch["img"]), batch)
+        run.hook.backward_step(run=run, loss=loss)
+    return time.perf_counter() - start
+
+
+def resume_check() -> list[str]:
+    """Where a compiled tiny run resumed at iteration 2 differs from the uninterrupted one, at iteration 4."""
+    import posecore_resume
+    import posecore_seed
+
+    from posecore import checkpoint
+    from posecore.testing import run_training
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from interruptions import IGNORED, differences
+
+    plugins = {"seed": posecore_seed, "resume": posecore_resume}
+    options = ["randomness.seed=5", "model.dropout=0.2", "model.compile=true"]
+    with tempfile.TemporaryDirectory() as tmp:
+        straight, resumed = Path(tmp, "straight"), Path(tmp, "resumed")
+        run_training(straight, plugins=plugins, cfg_options=options)
+        run_training(resumed, plugins=plugins,
+                     cfg_options=[*options, "resume=true", f"load_from={straight / 'iter_2.pth'}"])
+        return differences(checkpoint.load(straight / "iter_4.pth"), checkpoint.load(resumed / "iter_4.pth"),
+                           IGNORED)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=3, help="steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="from " + ", ".join(VARIANTS))
+    parser.add_argument("--no-resume-check", dest="resume_check", action="store_false")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names = args.variants.split(",")
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or "eager" not in names:
+        raise SystemExit(f"--variants: eager and any of {', '.join(VARIANTS)} (not {', '.join(unknown)})")
+    print(f"HRNet-W32 training steps on CPU, batch {args.batch} at 192x256, torch {torch.__version__}, "
+          f"{args.threads} threads")
+    with tempfile.TemporaryDirectory() as tmp:
+        runs, first = {}, {}
+        for name in names:
+            runs[name] = make_run(VARIANTS[name], args.batch, tmp)
+            batch = next(iter(runs[name].train_loader))
+            first[name] = steps(runs[name], batch, 1)
+            print(f"  {name:14s} first step {first[name]:7.1f} s", flush=True)
+        rates: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(args.rounds):
+            for name, run in runs.items():
+                rates[name].append(args.iters / steps(run, batch, args.iters))
+    print(f"\n| variant | first step (s) | steps/s, median of {args.rounds} (min..max) | ratio to eager |")
+    print("|---|---:|---|---:|")
+    for name in names:
+        ratio = statistics.median(r / e for r, e in zip(rates[name], rates["eager"]))
+        print(f"| {name} | {first[name]:.1f} | {statistics.median(rates[name]):.3f} ({min(rates[name]):.3f}.."
+              f"{max(rates[name]):.3f}) | {ratio:.2f}x |")
+    if args.resume_check:
+        found = resume_check()
+        print("\ncompiled tiny run resumed at iteration 2 vs uninterrupted, iteration 4: "
+              + ("bitwise equal" if not found else "differs in " + "; ".join(found[:10])))
+
+
+if __name__ == "__main__":
+    main()
