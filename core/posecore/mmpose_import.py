@@ -10,6 +10,7 @@ one line each (``key = value`` as MMPose writes it), at the top of the TOML. Top
 
 from __future__ import annotations
 
+import math
 import os
 import textwrap
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Union
 
 from posecore.config import dumps, plain
+from posecore.errors import ConfigError
 from posecore.pyconfig import read_config
 from posecore.schema import CORE_SCHEMA
 
@@ -31,9 +33,14 @@ RUNNER_KEYS = ("model", "work_dir", "train_dataloader", "val_dataloader", "test_
 """The top-level keys MMEngine's Runner reads; a config's other top-level names are variables."""
 
 _ORDER = ("work_dir", "load_from", "resume", "codec", "model", "train_dataloader", "augment", "val_dataloader",
-          "val_evaluator", "optim", "scheduler", "auto_scale_lr", "train", "checkpoint", "visualizer", "randomness")
+          "val_evaluator", "optim", "scheduler", "auto_scale_lr", "train", "ema", "checkpoint", "visualizer",
+          "randomness")
 _CODEC_OPTIONS = {"MSRAHeatmap": ("input_size", "heatmap_size", "sigma", "unbiased", "blur_kernel_size"),
-                  "UDPHeatmap": ("input_size", "heatmap_size", "sigma", "heatmap_type", "blur_kernel_size")}
+                  "UDPHeatmap": ("input_size", "heatmap_size", "sigma", "heatmap_type", "blur_kernel_size"),
+                  "SimCCLabel": ("input_size", "smoothing_type", "sigma", "simcc_split_ratio", "label_smooth_weight",
+                                 "normalize", "use_dark", "decode_visibility")}
+_CODEC_ONLY = {"heatmap_type": "gaussian", "decode_visibility": False}
+"""Codec options of which posecore has one value."""
 _PREPROCESSOR = {"type": "PoseDataPreprocessor", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
                  "bgr_to_rgb": True}
 """MMPose's ImageNet normalisation of RGB images: what posecore's transform always does."""
@@ -46,6 +53,20 @@ _HALF_BODY = {"prob": ("half_body_prob", 0.3), "min_total_keypoints": ("min_tota
               "min_upper_keypoints": ("min_upper_keypoints", 2), "min_lower_keypoints": ("min_lower_keypoints", 3),
               "padding": ("half_body_padding", 1.5), "upper_prioritized_prob": ("upper_prioritized_prob", 0.7)}
 """RandomHalfBody's options: posecore's key for each, and MMPose's default."""
+_BOX_TRANSFORM = {"shift_factor": 0.16, "shift_prob": 0.3, "scale_factor": [0.5, 1.5], "scale_prob": 1.0,
+                  "rotate_factor": 80.0, "rotate_prob": 0.6}
+"""RandomBBoxTransform's options (posecore's keys of the same names) and MMPose's defaults."""
+_HSV = {"hue_delta": 5, "saturation_delta": 30, "value_delta": 30}
+"""MMDetection's YOLOXHSVRandomAug options (posecore's ``hsv_`` keys) and their defaults."""
+_COLOURS_OFF = {"hsv_hue_delta": 0, "hsv_saturation_delta": 0, "hsv_value_delta": 0, "albumentations": []}
+"""The colour augmentation without its steps (posecore's defaults, written only where a step sets them)."""
+_HOLES_1X = (("num_holes_range", "min_holes", "max_holes"), ("hole_height_range", "min_height", "max_height"),
+             ("hole_width_range", "min_width", "max_width"))
+"""albumentations 2.x's CoarseDropout ranges and the 1.x [min, max] options they replace (1.x: min defaults to max,
+and every max to 8)."""
+_NORM_LAYERS = {"BN": "batch", "SyncBN": "sync_batch"}
+"""MMCV's ``norm_cfg`` types and posecore's ``model.norm`` for each."""
+_SWITCH_HOOKS = ("PipelineSwitchHook", "mmdet.PipelineSwitchHook")
 
 
 @dataclass
@@ -166,8 +187,7 @@ class _Translator:
             return
         self.decoder = decoder
         for name, value in decoder.items():
-            if name == "type" or name in _CODEC_OPTIONS[decoder["type"]] and (name != "heatmap_type" or
-                                                                               value == "gaussian"):
+            if name == "type" or name in _CODEC_OPTIONS[decoder["type"]] and _CODEC_ONLY.get(name, value) == value:
                 self.move(parts + (name,), f"codec.{name}")
 
     def model(self) -> None:
@@ -187,7 +207,7 @@ class _Translator:
         self.move(test + ("flip_test",), "model.flip_test", False)
         if self.get(test + ("flip_mode",), "heatmap") == "heatmap":  # posecore's flip test averages heatmaps
             self.take(test + ("flip_mode",))
-        if self.decoder is not None:
+        if self.decoder is not None and self.decoder["type"] != "SimCCLabel":
             self.move(test + ("shift_heatmap",), "codec.shift_heatmap", False)
         if self.get(test + ("output_heatmaps",)) is False:
             self.take(test + ("output_heatmaps",))
@@ -211,29 +231,66 @@ class _Translator:
             self.take(*(parts + ("extra", stage, key) for stage, keys in stages.items() for key in keys))
             last = stages["stage4"]
             channels = last["num_channels"][0] * (4 if last["block"] == "BOTTLENECK" else 1)
+        elif kind == "CSPNeXt":
+            channels = self.cspnext(parts, backbone)
         else:
             return None
         self.move(parts + ("type",), "model.backbone.type")
         if backbone.get("in_channels", 3) == 3:
             self.take(parts + ("in_channels",))
         init = backbone.get("init_cfg")
-        if isinstance(init, dict) and init.get("type") == "Pretrained" and set(init) == {"type", "checkpoint"}:
+        # init_from takes a whole model's backbone.* weights, as prefix='backbone.' does
+        if isinstance(init, dict) and init.get("type") == "Pretrained" and set(init) <= {"type", "checkpoint",
+                                                                                          "prefix"} and \
+                init.get("prefix", "backbone.") == "backbone.":
             self.move(parts + ("init_cfg", "checkpoint"), "model.backbone.init_from")
-            self.take(parts + ("init_cfg", "type"))
+            self.take(parts + ("init_cfg", "type"), parts + ("init_cfg", "prefix"))
         return channels
+
+    def cspnext(self, parts: Parts, backbone: dict[str, Any]) -> int | None:
+        """Translate CSPNeXt's options (posecore's have MMDetection's names); the channels it gives the head, None
+        when its options are not valid."""
+        import torch
+
+        from posecore.pose.rtmpose import CSPNeXt
+
+        self.take(parts + ("_scope_",))
+        options = {name: backbone[name] for name in CSPNeXt.options.keys if name in backbone and name != "norm_cfg"}
+        for name in options:
+            self.move(parts + (name,), f"model.backbone.{name}")
+        if self.get(parts + ("act_cfg", "type"), "SiLU") == "SiLU":  # posecore's CSPNeXt has SiLU
+            self.take(parts + ("act_cfg",))
+        norm = backbone.get("norm_cfg")
+        if isinstance(norm, dict) and norm.get("type") in _NORM_LAYERS and set(norm) <= {"type", "momentum", "eps"}:
+            if norm["type"] != "BN":
+                self.put("model.norm", _NORM_LAYERS[norm["type"]])
+            # The config's norm_cfg replaces CSPNeXt's whole: what it leaves out is torch's BatchNorm default.
+            self.put("model.backbone.norm_cfg", {"momentum": norm.get("momentum", 0.1), "eps": norm.get("eps", 1e-5)})
+            self.take(parts + ("norm_cfg",))
+        try:
+            with torch.device("meta"):  # its layers' shapes, without their weights
+                return CSPNeXt(**options).out_channels
+        except (ConfigError, KeyError, TypeError):
+            return None
 
     def head(self, channels: int | None) -> None:
         from posecore.pose.skeleton import COCO17
 
         parts = ("model", "head")
         head = self.get(parts)
-        if not isinstance(head, dict) or head.get("type") != "HeatmapHead":
+        kind = head.get("type") if isinstance(head, dict) else None
+        if kind not in ("HeatmapHead", "RTMCCHead"):
             return
-        self.take(parts + ("type",))
         if channels is not None and head.get("in_channels") == channels:
             self.take(parts + ("in_channels",))
         if head.get("out_channels") == COCO17.num_keypoints and self.coco_data():
             self.take(parts + ("out_channels",))
+        if self.decoder is not None:
+            self.take(parts + ("decoder",))
+        if kind == "RTMCCHead":
+            self.rtmcc_head(parts)
+            return
+        self.take(parts + ("type",))  # posecore's default head
         for name in ("deconv_out_channels", "deconv_kernel_sizes", "conv_out_channels", "conv_kernel_sizes"):
             if name in head:
                 self.put(f"model.head.{name}", head[name] or [])
@@ -250,8 +307,19 @@ class _Translator:
             self.take(loss + ("use_target_weight",))
             for name in ("skip_empty_channel", "loss_weight"):
                 self.move(loss + (name,), f"model.head.loss.{name}")
-        if self.decoder is not None:
-            self.take(parts + ("decoder",))
+
+    def rtmcc_head(self, parts: Parts) -> None:
+        """RTMCCHead and KLDiscretLoss: posecore's keys have MMPose's names."""
+        from posecore.pose.rtmpose import KLDiscretLoss, RTMCCHead
+
+        for name in ("type", "input_size", "in_featuremap_size", "simcc_split_ratio", "final_layer_kernel_size"):
+            self.move(parts + (name,), f"model.head.{name}")
+        for name in RTMCCHead.options.keys["gau_cfg"].keys:
+            self.move(parts + ("gau_cfg", name), f"model.head.gau_cfg.{name}")
+        loss = parts + ("loss",)
+        if self.get(loss + ("type",)) == "KLDiscretLoss":
+            for name in ("type", *KLDiscretLoss.options.keys):
+                self.move(loss + (name,), f"model.head.loss.{name}")
 
     def coco_data(self) -> bool:
         return all(self.get((f"{split}_dataloader", "dataset", "type")) == "CocoDataset" for split in ("train", "val"))
@@ -296,11 +364,15 @@ class _Translator:
                 self.take(source)
         if not train:
             self.move(dataset + ("filter_cfg", "bbox_score_thr"), f"{section}.dataset.det_score_thr")
-        self.pipeline(dataset + ("pipeline",), train)
+        augment = self.pipeline(dataset + ("pipeline",), train)
+        if train:
+            self.padding = augment["padding"]
+            self.put("augment", augment)
 
-    def pipeline(self, parts: Parts, train: bool) -> None:
-        augment: dict[str, float | int] = {"flip_prob": 0.0, "scale_factor": 0.0, "rotate_factor": 0.0,
-                                           "rotate_prob": 0.0, "half_body_prob": 0.0, "shift_prob": 0.0}
+    def pipeline(self, parts: Parts, train: bool) -> dict[str, Any]:
+        """Translate the pipeline at ``parts``; for a training one, the ``[augment]`` it makes."""
+        augment: dict[str, Any] = {"flip_prob": 0.0, "scale_prob": 0.0, "rotate_prob": 0.0, "half_body_prob": 0.0,
+                                   "shift_prob": 0.0, "padding": self.padding}
         steps = self.get(parts)
         for index, step in enumerate(steps if isinstance(steps, list) else []):
             kind = step.get("type") if isinstance(step, dict) else None
@@ -310,7 +382,7 @@ class _Translator:
                 if self.get(at + ("backend_args",)) in (None, {"backend": "local"}):
                     self.take(at + ("backend_args",))
             elif kind == "GetBBoxCenterScale" and (train or step.get("padding", 1.25) == self.padding):
-                self.padding = step.get("padding", 1.25)
+                augment["padding"] = step.get("padding", 1.25)
                 self.take(at + ("type",), at + ("padding",))
             elif kind == "RandomFlip" and train and step.get("direction", "horizontal") == "horizontal" and \
                     isinstance(step.get("prob", 0.5), (int, float)):
@@ -322,7 +394,18 @@ class _Translator:
                     self.take(at + (name,))
                 self.take(at + ("type",))
             elif kind == "RandomBBoxTransform" and train:
-                self.box_transform(at, step, augment)
+                for name, default in _BOX_TRANSFORM.items():  # posecore's keys have MMPose's names and meanings
+                    augment[name] = plain(step.get(name, default))
+                    self.take(at + (name,))
+                self.take(at + ("type",))
+            elif kind in ("YOLOXHSVRandomAug", "mmdet.YOLOXHSVRandomAug") and train:
+                for name, default in _HSV.items():
+                    augment[f"hsv_{name}"] = step.get(name, default)
+                    self.take(at + (name,))
+                self.take(at + ("type",))
+            elif kind == "Albumentation" and train and step.get("keymap") in (None, {"img": "image"}):
+                augment["albumentations"] = [_albumentations_2x(transform) for transform in step.get("transforms", [])]
+                self.take(at + ("type",), at + ("transforms",), at + ("keymap",))
             elif kind == "TopdownAffine" and self.decoder is not None:
                 if plain(step.get("input_size")) == plain(self.decoder.get("input_size")):
                     self.take(at + ("input_size",))
@@ -337,29 +420,8 @@ class _Translator:
                 self.take(at + ("type",))
             elif kind == "PackPoseInputs":
                 self.take(at + ("type",))
-        if train:
-            values = {**augment, "padding": self.padding}
-            for name, key in CORE_SCHEMA["augment"].keys.items():
-                if name in values:
-                    self.put(f"augment.{name}", key.type(values[name]))
-
-    def box_transform(self, at: Parts, step: dict[str, Any], augment: dict[str, float | int]) -> None:
-        """MMPose's RandomBBoxTransform draws the scale in ``scale_factor`` and the rotation in +-``rotate_factor``
-        (truncated normals); posecore's clipped normals give the same ranges with half the rotation factor. The
-        shift is MMPose's."""
-        self.take(at + ("type",))
-        low, high = step.get("scale_factor", (0.5, 1.5))
-        if low + high == 2:
-            augment["scale_factor"] = round((high - low) / 2, 12)  # 0.4, not 0.39999999999999997
-            self.take(at + ("scale_factor",))
-        if step.get("scale_prob", 1.0) == 1:
-            self.take(at + ("scale_prob",))
-        augment["rotate_factor"] = step.get("rotate_factor", 80.0) / 2
-        augment["rotate_prob"] = step.get("rotate_prob", 0.6)
-        self.take(at + ("rotate_factor",), at + ("rotate_prob",))
-        augment["shift_factor"] = step.get("shift_factor", 0.16)
-        augment["shift_prob"] = step.get("shift_prob", 0.3)
-        self.take(at + ("shift_factor",), at + ("shift_prob",))
+        keys = CORE_SCHEMA["augment"].keys
+        return {name: keys[name].type(augment[name]) for name in keys if name in augment}
 
     def same_as(self, parts: Parts, original: Parts) -> None:
         """Take each value of ``parts`` equal to the one at the same place in ``original`` (test_dataloader is
@@ -396,6 +458,11 @@ class _Translator:
                 self.move(optimizer + (name,), f"optim.{name}", default)
             if kind == "SGD":
                 self.move(optimizer + ("momentum",), "optim.momentum", 0.0)
+        paramwise = wrapper + ("paramwise_cfg",)
+        for name in ("norm_decay_mult", "bias_decay_mult"):
+            self.move(paramwise + (name,), f"optim.paramwise.{name}")
+        if self.get(paramwise + ("bypass_duplicate",)) is True:  # posecore lists a shared parameter once
+            self.take(paramwise + ("bypass_duplicate",))
         clip = self.get(wrapper + ("clip_grad",))
         if clip is None:
             self.take(wrapper + ("clip_grad",))
@@ -414,6 +481,8 @@ class _Translator:
                 warmup = self.warmup(parts, item)
             elif kind == "MultiStepLR" and not decay:
                 decay = self.multistep(parts, item)
+            elif kind == "CosineAnnealingLR" and not decay:
+                decay = self.cosine(parts, item)
             else:
                 other = True
         if not warmup:
@@ -439,19 +508,46 @@ class _Translator:
         return True
 
     def multistep(self, parts: Parts, item: dict[str, Any]) -> bool:
-        """MultiStepLR over the whole run: posecore's step schedule (milestones in iterations)."""
+        """MultiStepLR over the whole run: posecore's step schedule (milestones in epochs with ``by_epoch``, which
+        changes the rate at the same iterations whether or not MMEngine converts it to iterations)."""
         by_epoch = item.get("by_epoch", True)
         length = self.get(("train_cfg", "max_epochs" if by_epoch else "max_iters"))
         if item.get("begin", 0) != 0 or (length is not None and item.get("end", length) < length):
             return False
         self.put("scheduler.type", "step")
+        if by_epoch:
+            self.put("scheduler.by_epoch", True)
         self.move(parts + ("gamma",), "scheduler.gamma", 0.1)
-        milestones = item.get("milestones", [])
-        iterations = [self.iterations(m, parts + ("milestones",)) for m in milestones] if by_epoch else milestones
-        if None not in iterations:
-            self.put("scheduler.milestones", iterations)
-            self.take(parts + ("milestones",))
+        self.move(parts + ("milestones",), "scheduler.milestones", [])
         self.take(*(parts + (name,) for name in ("type", "begin", "end", "by_epoch", "convert_to_iter_based")))
+        return True
+
+    def cosine(self, parts: Parts, item: dict[str, Any]) -> bool:
+        """CosineAnnealingLR from ``begin`` to the end of the run, changing the rate each iteration, after the
+        warm-up: posecore's cosine decay, flat from the warm-up's end to ``begin``."""
+        by_epoch = item.get("by_epoch", True)
+        length = self.get(("train_cfg", "max_epochs" if by_epoch else "max_iters"))
+        begin, end = item.get("begin", 0), item.get("end", math.inf)
+        if length is None or by_epoch and not item.get("convert_to_iter_based", False) or end < length or \
+                item.get("T_max", end - begin) != length - begin:
+            return False
+        warmup = self.config.get("scheduler", {}).get("warmup_iters", 0)
+        per_epoch = self.epoch_length()[0] if by_epoch else 1
+        if warmup and (begin == 0 or per_epoch is not None and begin * per_epoch < warmup):
+            return False  # MMEngine would decay during the warm-up too, multiplying the two
+        lr = self.get(("optim_wrapper", "optimizer", "lr"))
+        ratio = item.get("eta_min_ratio")
+        if ratio is None and item.get("eta_min") is not None:
+            if not lr:
+                return False
+            ratio = round(item["eta_min"] / lr, 12)  # 0.05, not 0.05000000000000001
+        self.put("scheduler.type", "cosine")
+        if by_epoch:
+            self.put("scheduler.by_epoch", True)
+        self.put("scheduler.begin", begin)
+        self.put("scheduler.min_lr_ratio", ratio or 0.0)
+        self.take(*(parts + (name,) for name in ("type", "begin", "end", "T_max", "eta_min", "eta_min_ratio",
+                                                 "by_epoch", "convert_to_iter_based")))
         return True
 
     def loop(self) -> None:
@@ -490,6 +586,35 @@ class _Translator:
             self.move(parts + ("logger", "interval"), "train.log_interval", 10)
         if self.get(parts + ("checkpoint", "type")) == "CheckpointHook":
             self.checkpoint(parts + ("checkpoint",))
+        for index, hook in enumerate(self.get(("custom_hooks",)) or []):
+            kind = hook.get("type") if isinstance(hook, dict) else None
+            if kind == "EMAHook":
+                self.ema(("custom_hooks", index), hook)
+            elif kind in _SWITCH_HOOKS:
+                self.switch(("custom_hooks", index), hook)
+
+    def ema(self, parts: Parts, hook: dict[str, Any]) -> None:
+        """EMAHook: posecore-ema's ``[ema]``, whose keys are MMEngine's (the hook's priority only orders hooks)."""
+        kind = hook.get("ema_type", "ExponentialMovingAverage")
+        if kind not in ("ExpMomentumEMA", "ExponentialMovingAverage") or hook.get("begin_epoch", 0) != 0:
+            return
+        self.put("ema.ema_type", kind)  # MMEngine's default type is not posecore-ema's
+        gamma = ("gamma",) if kind == "ExpMomentumEMA" else ()
+        for name in ("momentum", *gamma, "interval", "update_buffers", "begin_iter"):
+            self.move(parts + (name,), f"ema.{name}")
+        self.take(*(parts + (name,) for name in ("type", "ema_type", "begin_epoch", "priority")))
+
+    def switch(self, parts: Parts, hook: dict[str, Any]) -> None:
+        """PipelineSwitchHook: ``[augment.switch]``, the augment keys in which its pipeline differs from the
+        training one, from its (0-based) ``switch_epoch`` on."""
+        epoch = hook.get("switch_epoch")
+        if "augment" not in self.config or not isinstance(epoch, int):
+            return
+        first = {**_COLOURS_OFF, **self.config["augment"]}
+        second = {**_COLOURS_OFF, **plain(self.pipeline(parts + ("switch_pipeline",), train=True))}
+        self.put("augment.switch", {"epoch": epoch, **{name: value for name, value in second.items()
+                                                       if first.get(name) != value}})
+        self.take(parts + ("type",), parts + ("switch_epoch",))
 
     def checkpoint(self, parts: Parts) -> None:
         self.take(parts + ("type",))
@@ -611,6 +736,21 @@ class _Translator:
         for at, (default, why) in self.defaults.items():
             if at[:-1] == parts:
                 yield f"{_dotted(at)} = {_python(default)}  ({why})"
+
+
+def _albumentations_2x(transform: Any) -> Any:
+    """An albumentations transform as MMPose's configs give it (1.x) with 2.x's arguments: CoarseDropout's hole
+    counts and sizes as [min, max] ranges, ``fill_value`` as ``fill``."""
+    spec = plain(transform)
+    if not isinstance(spec, dict) or spec.get("type") != "CoarseDropout" or "num_holes_range" in spec:
+        return spec
+    ranges = {}
+    for name, low, high in _HOLES_1X:
+        top = spec.pop(high, 8)
+        bottom = spec.pop(low, None)
+        ranges[name] = [top if bottom is None else bottom, top]
+    renamed = {"fill_value": "fill", "mask_fill_value": "fill_mask"}
+    return {"type": spec.pop("type"), **ranges, **{renamed.get(name, name): value for name, value in spec.items()}}
 
 
 def _leaves(parts: Parts, value: Any) -> Iterator[tuple[Parts, Any]]:
