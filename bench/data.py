@@ -1,43 +1,52 @@
-"""Data pipeline throughput: posecore's top-down pipeline against the practical limit, and DataLoader workers.
+"""Data pipeline throughput at MMPose's settings: posecore's top-down pipeline beside MMPose's own, the decode + crop
+limit, the levers, and DataLoader workers.
 
-    .venv/bin/python bench/data.py                 # about a minute; needs ../shared/data (COCO sample)
-    .venv/bin/python bench/data.py --seconds 5 --batch 32
+    .venv/bin/python bench/data.py                     # about 3 minutes; needs ../shared/data (COCO sample)
+    .venv/bin/python bench/data.py --seconds 2 --rounds 3
+    PYTHONPATH=/path/to/albumentations .venv/bin/python bench/data.py   # adds RTMPose's photometric steps
 
-1. Per worker (one process, no DataLoader), samples per second on the 12 annotated persons of the COCO
-   val2017 sample at MMPose's 192x256 input (48x64 heatmaps), cycled:
-   * bare: Pillow decode (``Image.open(...).convert("RGB")``) and one Pillow bilinear affine crop to
-     192x256 -- the least any top-down pipeline must do, so the practical limit;
-   * posecore: ``CocoKeypoints.load`` (Pillow decode) + ``TopDownTransform`` with training
-     augmentation (random scale/rotation/flip, bilinear warp, normalisation, 17 Gaussian heatmaps),
-     through ``KeyedDataset`` as training uses it.
-   The same for the quickstart's synthetic figures (drawn, not decoded) at 48x64.
-2. A DataLoader over the posecore pipeline (COCO, batch ``--batch``) with num_workers 0, 1 and 2,
-   persistent workers, pinned memory when CUDA is present: samples per second after the first batch
-   (worker start-up excluded), so you can tell how many workers keep a GPU busy.
+Images: the 12 annotated persons of the COCO val2017 sample, cycled through (epoch, index) keys; one process, torch
+at one thread (a DataLoader worker's setting).
+
+1. Per process, samples/s, in ``--rounds`` rounds that alternate between the rows (so all see the same machine);
+   the median round is shown:
+   * limit: Pillow decode + one Pillow bilinear affine crop to 192x256, the least a top-down pipeline must do;
+   * HRNet-W32 (examples/mmpose/td-hm_hrnet-w32_8xb64-210e_coco-256x192.toml): flip, half body, shift, scale and
+     rotation at MMPose's values, MSRAHeatmap 48x64 targets, through ``KeyedDataset`` as training uses it; with
+     ``reduced_decode`` off (the default) and on;
+   * RTMPose stage 1 (examples/mmpose/rtmpose-m_8xb256-420e_coco-256x192.toml): the same geometry (scale 0.6-1.4),
+     HSV jitter, albumentations Blur/MedianBlur/CoarseDropout (when importable; else HSV only) and SimCCLabel;
+   * MMPose's own HRNet-W32 training pipeline (LoadImage, GetBBoxCenterScale, RandomFlip, RandomHalfBody,
+     RandomBBoxTransform, TopdownAffine, GenerateTarget with MSRAHeatmap, PackPoseInputs) on the same records, in a
+     process of the reference venv (``--mmpose-python``, default /work/mmpose-ref/bin/python) that measures when
+     asked, interleaved with posecore's rows.
+2. The levers, each measured against the pipeline without it: the crop from the decoded Pillow image without the
+   copies to an array and back (against the record's image as an array, as plugin datasets give it), reduced-scale
+   decoding, and the share of target generation (``codec.encode`` alone).
+3. A DataLoader over the HRNet pipeline (batch ``--batch``) with 0, 1 and 2 workers, persistent workers: samples/s
+   after the first batch (worker start-up excluded).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
+import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader
 
-from posecore.data import KeyedDataset
-from posecore.pose.coco import CocoKeypoints
-from posecore.pose.heatmap import GaussianHeatmap
-from posecore.pose.synthetic import SyntheticPoses
-from posecore.pose.transforms import TopDownTransform, affine_matrix, box_to_center_scale, invert_affine
-
-COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco"
-SIZE, HEATMAP = (192, 256), (48, 64)
+REPO = Path(__file__).resolve().parents[1]
+COCO = REPO.parent / "shared" / "data" / "coco"
+SIZE = (192, 256)
+HRNET = REPO / "examples" / "mmpose" / "td-hm_hrnet-w32_8xb64-210e_coco-256x192.toml"
+RTMPOSE = REPO / "examples" / "mmpose" / "rtmpose-m_8xb256-420e_coco-256x192.toml"
 
 
 def rate(step, seconds: float) -> float:
@@ -50,14 +59,113 @@ def rate(step, seconds: float) -> float:
     return count / (time.perf_counter() - begin)
 
 
-def bare_step(source: CocoKeypoints) -> callable:
-    """Pillow decode + Pillow affine crop of each person box, cycling through the sample."""
+# ---------------------------------------------------------------- MMPose's pipeline (run by the reference python)
+
+def mmpose_server() -> None:
+    """Build MMPose's HRNet-W32 training pipeline on the sample's records; for each line ``SECONDS`` on stdin,
+    print its samples/s over that time."""
+    from mmengine.registry import init_default_scope
+    from mmpose.datasets.datasets.utils import parse_pose_metainfo
+    from mmpose.datasets.transforms import (GenerateTarget, GetBBoxCenterScale, LoadImage, PackPoseInputs,
+                                            RandomBBoxTransform, RandomFlip, RandomHalfBody, TopdownAffine)
+
+    import mmpose
+    init_default_scope("mmpose")
+    meta = parse_pose_metainfo(dict(from_file=str(Path(mmpose.__file__).parent / ".mim/configs/_base_/datasets/"
+                                                                                  "coco.py")))
+    steps = [LoadImage(), GetBBoxCenterScale(), RandomFlip(direction="horizontal"), RandomHalfBody(),
+             RandomBBoxTransform(), TopdownAffine(input_size=SIZE),
+             GenerateTarget(encoder=dict(type="MSRAHeatmap", input_size=SIZE, heatmap_size=(48, 64), sigma=2)),
+             PackPoseInputs()]
+    data = json.loads((COCO / "test_coco.json").read_text())
+    files = {image["id"]: image["file_name"] for image in data["images"]}
+    records = []
+    for ann in data["annotations"]:
+        triples = np.array(ann["keypoints"], dtype=np.float32).reshape(1, -1, 3)
+        if ann.get("iscrowd") or not (triples[..., 2] > 0).any():
+            continue
+        x, y, w, h = ann["bbox"]
+        records.append(dict(img_path=str(COCO / files[ann["image_id"]]), bbox=np.array([[x, y, x + w, y + h]],
+                            dtype=np.float32), bbox_score=np.ones(1, dtype=np.float32), keypoints=triples[..., :2],
+                            keypoints_visible=np.minimum(1, triples[..., 2]), flip_indices=meta["flip_indices"],
+                            upper_body_ids=meta["upper_body_ids"], lower_body_ids=meta["lower_body_ids"],
+                            dataset_keypoint_weights=meta["dataset_keypoint_weights"]))
+    cycle = itertools.cycle(records)
+
+    def step() -> None:
+        results = dict(next(cycle))
+        for transform in steps:
+            results = transform(results)
+
+    print(json.dumps({"persons": len(records)}), flush=True)
+    for line in sys.stdin:
+        print(json.dumps({"rate": rate(step, float(line))}), flush=True)
+
+
+class MMPose:
+    """The reference venv's process running :func:`mmpose_server`, or None where that python has no mmpose."""
+
+    def __init__(self, python: str) -> None:
+        self.process = subprocess.Popen([python, __file__, "--mmpose-server"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        self.persons = json.loads(self.process.stdout.readline())["persons"]
+
+    def __call__(self, seconds: float) -> float:
+        self.process.stdin.write(f"{seconds}\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())["rate"]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+# ---------------------------------------------------------------- posecore's pipelines
+
+def pipeline(config: Path, reduced_decode: bool = False, as_array: bool = False, photometric: bool = True):
+    """posecore's training dataset for ``config``'s codec and ``[augment]`` (without its switch) on the sample.
+    ``as_array``: records carry their image as an array (as a plugin dataset's do)."""
+    import tomllib
+    from types import SimpleNamespace
+
+    from posecore.data import KeyedDataset, build_transform
+    from posecore.pose import mmpose_codecs, simcc
+    from posecore.pose.coco import CocoKeypoints
+
+    table = tomllib.loads(config.read_text())
+    codec_options = dict(table["codec"])
+    kind = codec_options.pop("type")
+    codec = getattr(mmpose_codecs, kind, None) or getattr(simcc, kind)
+    augment = {key: value for key, value in table["augment"].items() if key != "switch"}
+    if not photometric:
+        augment = {key: value for key, value in augment.items() if not key.startswith(("hsv_", "albumentations"))}
+    source = CocoKeypoints(COCO / "test_coco.json", COCO, reduced_decode=reduced_decode)
+    if as_array:
+        load = source.load
+        source.load = lambda index: {**load(index), "image": np.asarray(load(index)["image"])}
+    run = SimpleNamespace(config={"augment": augment}, codec=codec(**codec_options))
+    return KeyedDataset(source, build_transform(run, CocoKeypoints.layout({"keypoints": "coco17"}), True), seed=0)
+
+
+def pipeline_step(dataset):
+    keys = itertools.cycle((epoch, index) for epoch in range(10**6) for index in range(len(dataset)))
+    return lambda: dataset[next(keys)]
+
+
+def limit_step():
+    """Pillow decode + one Pillow affine crop of each person box, cycling through the sample."""
+    from PIL import Image
+
+    from posecore.pose.coco import CocoKeypoints
+    from posecore.pose.transforms import affine_matrix, box_to_center_scale, invert_affine
+
+    source = CocoKeypoints(COCO / "test_coco.json", COCO)
     jobs = []
     for index in range(len(source)):
-        image_id = source._image_ids[index]
-        center, scale = box_to_center_scale(source._boxes[index], SIZE[0] / SIZE[1])
+        record = source.load(index)
+        center, scale = box_to_center_scale(record["box"], SIZE[0] / SIZE[1])
         inverse = invert_affine(affine_matrix(center, scale, 0.0, SIZE))  # output pixel -> image pixel
-        jobs.append((source.img_dir / source._images[image_id][0], tuple(inverse.ravel())))
+        jobs.append((record["image"].path, tuple(inverse.ravel())))
     cycle = itertools.cycle(jobs)
 
     def step() -> None:
@@ -69,13 +177,18 @@ def bare_step(source: CocoKeypoints) -> callable:
     return step
 
 
-def pipeline_step(dataset: KeyedDataset) -> callable:
-    keys = itertools.cycle((epoch, index) for epoch in range(10**6) for index in range(len(dataset)))
-    return lambda: dataset[next(keys)]
+def encode_step(dataset):
+    """The codec's ``encode`` alone, on the sample's keypoints placed in the crop."""
+    transform, source = dataset.transform, dataset.source
+    cases = itertools.cycle([(source.load(i)["keypoints"] * 0.5, source.load(i)["visible"]) for i in range(len(source))])
+    return lambda: transform.codec.encode(*next(cases))
 
 
-def loader_rate(dataset: KeyedDataset, workers: int, batch: int, seconds: float) -> float:
-    keys = [(epoch, index) for epoch in range(2000) for index in range(len(dataset))]
+def loader_rate(dataset, workers: int, batch: int, seconds: float) -> float:
+    import torch
+    from torch.utils.data import DataLoader
+
+    keys = [(epoch, index) for epoch in range(5000) for index in range(len(dataset))]
     loader = DataLoader(dataset, batch_size=batch, sampler=keys, num_workers=workers,
                         persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
     batches = iter(loader)
@@ -89,30 +202,55 @@ def loader_rate(dataset: KeyedDataset, workers: int, batch: int, seconds: float)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per figure")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per row and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--mmpose-python", default="/work/mmpose-ref/bin/python")
+    parser.add_argument("--mmpose-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.mmpose_server:
+        return mmpose_server()
     if not (COCO / "test_coco.json").is_file():
         sys.exit(f"COCO sample not found at {COCO} (see ../shared/data/README.md)")
-    torch.set_num_threads(1)  # a DataLoader worker's setting
-    source = CocoKeypoints(COCO / "test_coco.json", COCO)
-    coco = KeyedDataset(source, TopDownTransform(GaussianHeatmap(SIZE, HEATMAP, sigma=2.0)), seed=0)
-    synthetic = KeyedDataset(SyntheticPoses(10_000, (128, 128), 0),
-                             TopDownTransform(GaussianHeatmap((48, 64), (24, 32), sigma=1.5)), seed=0)
-    bare = rate(bare_step(source), args.seconds)
-    ours = rate(pipeline_step(coco), args.seconds)
-    drawn = rate(pipeline_step(synthetic), args.seconds)
-    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
-          f"CUDA {'yes' if torch.cuda.is_available() else 'no'}; {args.seconds:g} s per figure")
-    print("\nper worker (one process)                              samples/s")
-    print(f"bare: Pillow decode + Pillow affine crop, COCO 192x256 {bare:9.1f}")
-    print(f"posecore pipeline, COCO 192x256, augmented            {ours:9.1f}   ({ours / bare:.2f} of bare)")
-    print(f"posecore pipeline, synthetic 48x64 (quickstart)       {drawn:9.1f}")
-    print(f"\nDataLoader, COCO 192x256, batch {args.batch}, persistent workers"
-          f"{', pinned memory' if torch.cuda.is_available() else ''}")
+    import torch
+
+    torch.set_num_threads(1)
+    rtm_photometric = importlib.util.find_spec("albumentations") is not None
+    rtm_label = ("RTMPose stage 1: HSV + albumentations, SimCC" if rtm_photometric else
+                 "RTMPose stage 1: geometry only (no albumentations), SimCC")
+    hrnet = pipeline(HRNET)
+    rows = {
+        "limit: Pillow decode + affine crop 192x256": limit_step(),
+        "posecore HRNet-W32 pipeline": pipeline_step(hrnet),
+        "  with reduced_decode = true": pipeline_step(pipeline(HRNET, reduced_decode=True)),
+        "  image as an array (lever: no copies)": pipeline_step(pipeline(HRNET, as_array=True)),
+        f"posecore {rtm_label}": pipeline_step(pipeline(RTMPOSE, photometric=rtm_photometric)),
+        "  MSRAHeatmap encode alone (targets)": encode_step(hrnet),
+    }
+    mmpose = None
+    if args.mmpose_python and Path(args.mmpose_python).exists():
+        mmpose = MMPose(args.mmpose_python)
+        rows["MMPose HRNet-W32 pipeline (reference venv)"] = mmpose
+    rounds = {name: [] for name in rows}
+    for _ in range(args.rounds):
+        for name, step in rows.items():
+            rounds[name].append(step(args.seconds) if step is mmpose else rate(step, args.seconds))
+    if mmpose is not None:
+        mmpose.close()
+    median = {name: statistics.median(values) for name, values in rounds.items()}
+    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}; {args.rounds} rounds of {args.seconds:g} s per row, interleaved")
+    print(f"\n{'per process':58s} {'samples/s':>10s}  {'rounds':s}")
+    for name, value in median.items():
+        print(f"{name:58s} {value:10.1f}  {' '.join(f'{v:.0f}' for v in rounds[name])}")
+    ours, limit = median["posecore HRNet-W32 pipeline"], median["limit: Pillow decode + affine crop 192x256"]
+    print(f"\nposecore HRNet / limit: {ours / limit:.2f} (limit / posecore {limit / ours:.2f})")
+    if mmpose is not None:
+        print(f"posecore HRNet / MMPose HRNet: {ours / median['MMPose HRNet-W32 pipeline (reference venv)']:.2f}")
+    print(f"\nDataLoader, HRNet-W32 pipeline, batch {args.batch}, persistent workers")
     print("num_workers  samples/s")
     for workers in (0, 1, 2):
-        print(f"{workers:11d}  {loader_rate(coco, workers, args.batch, args.seconds):9.1f}")
+        print(f"{workers:11d}  {loader_rate(hrnet, workers, args.batch, args.seconds):9.1f}")
 
 
 if __name__ == "__main__":
