@@ -8,6 +8,7 @@ tests/golden/make_rtmpose_models.py), saved as MMPose publishes checkpoints; the
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from test_mmpose_checkpoints import mmengine_meta, save_as
 from test_rtmpose_models import MAKER, SMALL, with_golden_weights
 
 RTMPOSE_T = REPO / "examples" / "mmpose" / "rtmpose-t_8xb256-420e_coco-256x192.toml"
+MAKER_COUNTS = {name: model["parameters"] for name, model in
+                json.loads((Path(__file__).parent / "golden" / "rtmpose_models.json").read_text())["models"].items()}
+"""MMPose's parameter count of each model (tests/golden/make_rtmpose_models.py)."""
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +78,8 @@ def rtmpose_t(folder: Path, files) -> Path:
     # rtmpose-s/m/l's EMA (MMPose's rtmpose-t leaves it out), faster
     config["ema"] = {"ema_type": "ExpMomentumEMA", "momentum": 0.1, "update_buffers": True}
     config.update(device="cpu", work_dir=str(folder / "work"),
-                  train={"max_iters": 6, "val_interval": 6, "log_interval": 1},
-                  checkpoint={"interval": 3, "max_keep": 0, "save_best": "AP"},
+                  train={"max_iters": 8, "val_interval": 8, "log_interval": 1},
+                  checkpoint={"interval": 4, "max_keep": 0, "save_best": "AP"},
                   visualizer={"vis_backends": [{"type": "LocalVisBackend"}]})
     path = folder / "rtmpose-t.toml"
     path.write_text(dumps(config), encoding="utf-8")
@@ -91,12 +95,24 @@ def test_the_rtmpose_recipe_trains_with_every_augmentation_and_resumes_bitwise(s
     assert "model TopdownPoseEstimator: " in log and "augmentation switched at epoch 1" in log
     assert "ema: ExpMomentumEMA" in log
     work = tmp_path / "work"
-    state = torch.load(work / "iter_6.pth", weights_only=False)
-    assert set(state) >= {"model", "train_model"} and state["plugins"]["ema"]["steps"] == 6
+    state = torch.load(work / "iter_8.pth", weights_only=False)
+    assert set(state) >= {"model", "train_model"} and state["plugins"]["ema"]["steps"] == 8
     assert any(not torch.equal(state["model"][key], state["train_model"][key]) for key in state["model"])
 
-    resumed = run_posecore("train", str(config), "--resume", str(work / "iter_3.pth"), "--work-dir",
+    # iter_4 is after the switch (epoch 1 is iterations 3 to 5): the resumed run goes on with stage 2
+    resumed = run_posecore("train", str(config), "--resume", str(work / "iter_4.pth"), "--work-dir",
                            str(tmp_path / "resumed"))
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr and "augmentation switched at epoch 1" in resumed.stderr
-    assert_same_checkpoint(work / "iter_6.pth", tmp_path / "resumed" / "iter_6.pth")
+    assert_same_checkpoint(work / "iter_8.pth", tmp_path / "resumed" / "iter_8.pth")
+
+
+@pytest.mark.parametrize("size", "tsml")
+def test_the_rtmpose_examples_build_mmposes_networks(size):
+    """Each examples/mmpose/rtmpose-* config builds MMPose's network: its parameter count, to the unit."""
+    from posecore.plugins import load_config
+
+    config, plugins = load_config(RTMPOSE_T.with_name(f"rtmpose-{size}_8xb256-420e_coco-256x192.toml"))
+    with torch.device("meta"):
+        model = plugins.build("model", config["model"], num_keypoints=17)
+    assert sum(p.numel() for p in model.parameters()) == MAKER_COUNTS[f"rtmpose-{size}"]
