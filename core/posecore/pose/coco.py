@@ -308,13 +308,15 @@ class EncodedImage:
             return self._full, 1
         image = self._open()
         try:
-            with image:
-                if factor > 1:
-                    drafted = image.draft("RGB", (max(image.width // factor, 1), max(image.height // factor, 1)))
-                    # The scale the decoder took: draft's box is the full size over it.
-                    factor = round(self.shape[1] / drafted[1][2]) if drafted else 1
-                decoded = image.convert("RGB")
+            if factor > 1:
+                drafted = image.draft("RGB", (max(image.width // factor, 1), max(image.height // factor, 1)))
+                # The scale the decoder took: draft's box is the full size over it.
+                factor = round(self.shape[1] / drafted[1][2]) if drafted else 1
+            image.load()  # which closes the file (opened by name)
+            # An RGB image as it is: convert would copy it.
+            decoded = image if image.mode == "RGB" else image.convert("RGB")
         except (OSError, ValueError, SyntaxError) as error:
+            image.close()
             raise self._undecodable(error) from None
         if factor == 1:
             self._full = decoded

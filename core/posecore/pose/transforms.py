@@ -113,7 +113,10 @@ def warp_affine(image: Any, matrix: np.ndarray, output_size: tuple[int, int]) ->
     if x0 >= x1 or y0 >= y1:
         return np.zeros((height, width) + channels, dtype=np.float32)
     if isinstance(image, Image.Image):
-        region = image.crop((int(x0), int(y0), int(x1), int(y1)))  # black beyond the image
+        if x0 >= 0 and y0 >= 0 and x1 <= image_width and y1 <= image_height:  # no border read: no copy needed
+            region, x0, y0 = image, 0, 0
+        else:
+            region = image.crop((int(x0), int(y0), int(x1), int(y1)))  # black beyond the image
     else:
         pixels = np.zeros((y1 - y0, x1 - x0) + channels, dtype=np.uint8)
         inside_x, inside_y = slice(max(x0, 0), min(x1, image_width)), slice(max(y0, 0), min(y1, image_height))
@@ -127,6 +130,20 @@ def warp_affine(image: Any, matrix: np.ndarray, output_size: tuple[int, int]) ->
     warped = region.transform(tuple(output_size), Image.Transform.AFFINE, coefficients,
                               resample=Image.Resampling.BILINEAR)
     return np.asarray(warped, dtype=np.float32)
+
+
+_SCALE = (1 / IMAGENET_STD).astype(np.float32)
+_SHIFT = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """An (h, w, 3) crop's pixel values as the network's input: (3, h, w) float32, ImageNet-normalised. One channel
+    at a time, in place (a quarter of the time whole-array broadcasting and a transposed copy take)."""
+    normalised = np.empty((3, *image.shape[:2]), dtype=np.float32)
+    for channel in range(3):
+        np.multiply(image[..., channel], _SCALE[channel], out=normalised[channel])
+        normalised[channel] += _SHIFT[channel]
+    return normalised
 
 
 Photometric = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -210,7 +227,7 @@ class TopDownTransform:
             photometric_rng = np.random.default_rng(int(rng.integers(2 ** 63)))
             if self.photometric is not None:
                 image = self.photometric(image.astype(np.uint8), photometric_rng).astype(np.float32)
-        sample = {"img": np.ascontiguousarray(((image - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))}
+        sample = {"img": normalise(image)}
         if self.train:
             sample.update(self.codec.encode(transform_points(keypoints[order], matrix), visible[order]))
         sample.update(center=center, scale=scale, keypoints=keypoints, visible=visible,
