@@ -92,10 +92,7 @@ class _MMPoseHeatmap:
         # An all-zero heatmap blurs to 0 / 0, as in MMPose (UDP then decodes it to NaN): no warning for it.
         with np.errstate(divide="ignore", invalid="ignore"):
             keypoints, scores = self._decode_input(maps)
-        center = torch.as_tensor(center).cpu().numpy().astype(np.float64)[:, None]
-        scale = torch.as_tensor(scale).cpu().numpy().astype(np.float64)[:, None]
-        image = keypoints.astype(np.float64) / self.input_size * scale + center - 0.5 * scale
-        return torch.from_numpy(image.astype(np.float32)), torch.from_numpy(scores)
+        return to_image(keypoints, self.input_size, center, scale), torch.from_numpy(scores)
 
     def flip_back(self, output: torch.Tensor, flip_indices: Sequence[int]) -> torch.Tensor:
         flipped = output.flip(-1)[:, flip_indices]
@@ -200,6 +197,15 @@ class UDPHeatmap(_MMPoseHeatmap):
         # MMPose multiplies by input_size here, not input_size - 1; its conversion to image coordinates divides
         # by input_size again, so UDP's keypoints come out right in the image.
         return locations / [width - 1, height - 1] * np.array(self.input_size), scores
+
+
+def to_image(keypoints: np.ndarray, input_size: Sequence[int], center: Any, scale: Any) -> torch.Tensor:
+    """Decoded keypoints (N, K, 2) in input pixels p as MMPose's TopdownPoseEstimator puts them in the image:
+    ``p / input_size * scale + center - scale / 2`` for crops of ``scale`` (N, 2) around ``center`` (N, 2)."""
+    center = torch.as_tensor(center).cpu().numpy().astype(np.float64)[:, None]
+    scale = torch.as_tensor(scale).cpu().numpy().astype(np.float64)[:, None]
+    image = keypoints.astype(np.float64) / np.asarray(input_size) * scale + center - 0.5 * scale
+    return torch.from_numpy(image.astype(np.float32))
 
 
 def _window_gaussians(points: np.ndarray, visible: np.ndarray, heatmap_size: tuple[int, int], sigma: float,

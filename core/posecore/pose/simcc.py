@@ -22,7 +22,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from posecore.config import Key, Section
 from posecore.errors import ConfigError
 from posecore.pose.heatmap import _shape
-from posecore.pose.mmpose_codecs import _opencv_kernel, warp_matrix
+from posecore.pose.mmpose_codecs import _opencv_kernel, to_image, warp_matrix
 
 
 class SimCCLabel:
@@ -102,10 +102,7 @@ class SimCCLabel:
         # An all-zero vector blurs to 0 / 0 in DARK, as in MMPose (it decodes to NaN): no warning for it.
         with np.errstate(divide="ignore", invalid="ignore"):
             keypoints, scores = self._decode_input(simcc_x, simcc_y)
-        center = torch.as_tensor(center).cpu().numpy().astype(np.float64)[:, None]
-        scale = torch.as_tensor(scale).cpu().numpy().astype(np.float64)[:, None]
-        image = keypoints.astype(np.float64) / self.input_size * scale + center - 0.5 * scale
-        return torch.from_numpy(image.astype(np.float32)), torch.from_numpy(scores)
+        return to_image(keypoints, self.input_size, center, scale), torch.from_numpy(scores)
 
     def flip_back(self, output: Sequence[torch.Tensor], flip_indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
         """MMPose's ``flip_vectors``: keypoints swapped, the x vectors mirrored, nothing shifted."""
