@@ -69,3 +69,12 @@ def test_a_run_logs_the_flat_then_cosine_rates(tmp_path):
     lr = [s["lr"] for s in scalars if "lr" in s]
     assert lr == pytest.approx([0.01 * lr_factor(settings, step, 12, 2) for step in range(12)])
     assert lr[2:7] == pytest.approx([0.01] * 5) and lr[7] < 0.01
+
+
+def test_resuming_with_other_paramwise_groups_names_the_key(tmp_path):
+    config = write_tiny_config(tmp_path)
+    assert posecore("train", str(config), cwd=tmp_path).returncode == 0
+    result = posecore("train", str(config), "--resume", "--cfg-options", "train.max_iters=6",
+                      "optim.paramwise.norm_decay_mult=0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "optim.paramwise decides the groups" in result.stderr.splitlines()[-1]

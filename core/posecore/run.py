@@ -717,7 +717,9 @@ class Run:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as err:
-            raise CheckpointError(f"{path}: its optimizer state does not fit this run's optimizer ({err}); "
+            regrouped = " (optim.paramwise decides the groups: keep the values it was saved with)" \
+                if "parameter groups" in str(err) else ""
+            raise CheckpointError(f"{path}: its optimizer state does not fit this run's optimizer ({err}){regrouped}; "
                                   f"check [optim] against the run that saved it") from None
         for group, own in zip(self.optimizer.param_groups, settings):
             group.update(own)
