@@ -377,10 +377,12 @@ class Run:
         if self.device.type == "cpu":  # else the first step fails deep in TorchInductor, with pages of traceback
             import sysconfig
 
-            from torch._inductor.cpp_builder import get_cpp_compiler
-
             try:
+                from torch._inductor.cpp_builder import get_cpp_compiler  # private: another torch may lack it
+
                 get_cpp_compiler()
+            except ImportError:
+                pass
             except RuntimeError:
                 raise ConfigError("model.compile = true needs a C++ compiler on a CPU (TorchInductor builds its "
                                   "kernels with it) and none works here; install g++ (or set CXX to one), or set "
