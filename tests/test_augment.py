@@ -129,6 +129,10 @@ def test_half_body_without_an_upper_body_is_a_config_error(tmp_path):
     config = write_tiny_config(tmp_path, augment={"half_body_prob": 0.3}, val_dataloader={"dataset": own},
                                train_dataloader={"dataset": {**own, "upper_body": [0]}})
     load_config(config, [], [])
+    config = write_tiny_config(tmp_path, augment={"switch": {"epoch": 1, "half_body_prob": 0.3}},
+                               train_dataloader={"dataset": own}, val_dataloader={"dataset": own})
+    with pytest.raises(ConfigError, match="augment.switch.half_body_prob > 0 needs the upper body's keypoints"):
+        load_config(config, [], [])
 
 
 def test_training_with_half_body_and_shift(tmp_path):

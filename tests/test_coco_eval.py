@@ -114,6 +114,18 @@ def test_oks_nms_drops_duplicate_keeps_distinct():
     assert oks_nms([], COCO17.sigmas) == []
 
 
+def test_oks_nms_of_a_crowded_image_goes_by_blocks_of_rows_with_the_same_result(monkeypatch):
+    """Over 128 instances the pairwise OKS comes a block of rows at a time (memory); the kept set is the same."""
+    import posecore.pose.coco_eval as coco_eval
+
+    rng = np.random.default_rng(3)
+    instances = [{"keypoints": _pose(float(rng.integers(0, 4)) * 40.0, jitter=float(rng.uniform(0, 8))),
+                  "score": float(rng.random()), "area": float(rng.uniform(2000, 6000))} for _ in range(300)]
+    blocked = oks_nms(instances, COCO17.sigmas)
+    monkeypatch.setattr(coco_eval, "_NMS_ROWS", 10_000)
+    assert blocked == oks_nms(instances, COCO17.sigmas) and 4 <= len(blocked) < 300
+
+
 @pytest.mark.parametrize("case", sorted({key.split("/")[0] for key in OKS_NMS_GOLDEN.files}))
 def test_oks_nms_keeps_what_mmpose_keeps(case):
     keypoints, scores, areas, threshold, reference = (

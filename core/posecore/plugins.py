@@ -405,9 +405,11 @@ def _check_layouts(config: Mapping[str, Any], plugin_set: PluginSet, origin: Any
             layouts.append(plugin_set.layout(config[section]["dataset"]))
         except ValueError as err:
             raise ConfigError(f"{origin(section + '.dataset')}: {section}.dataset: {err}") from None
-    if config["augment"]["half_body_prob"] > 0 and layouts[0].upper_body is None:
-        raise ConfigError(f"{origin('augment.half_body_prob')}: augment.half_body_prob > 0 needs the upper body's "
-                          f"keypoints: set train_dataloader.dataset.upper_body (0-based indices)")
+    for key, options in (("augment.half_body_prob", config["augment"]),
+                         ("augment.switch.half_body_prob", config["augment"]["switch"])):
+        if (options.get("half_body_prob") or 0) > 0 and layouts[0].upper_body is None:
+            raise ConfigError(f"{origin(key)}: {key} > 0 needs the upper body's keypoints: set "
+                              f"train_dataloader.dataset.upper_body (0-based indices)")
     counts = [layout.num_keypoints for layout in layouts]
     if counts[0] != counts[1]:
         raise ConfigError(f"train_dataloader.dataset has {counts[0]} keypoints but val_dataloader.dataset has "

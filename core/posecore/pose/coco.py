@@ -323,7 +323,8 @@ class EncodedImage:
         return decoded, factor
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        return np.asarray(self.decode()[0], dtype=dtype)
+        # Pillow's buffer is read-only: an array to keep (np.array, copy not False) is a writable copy.
+        return (np.asarray if copy is False else np.array)(self.decode()[0], dtype=dtype)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return np.asarray(self)[key]

@@ -70,6 +70,10 @@ def _keypoint_similarities(a: np.ndarray, b: np.ndarray, area: Any, sigmas: np.n
     return np.exp(-(squared / (2.0 * sigmas) ** 2 / (area + _EPS) / 2.0))
 
 
+_NMS_ROWS = 128
+"""Instances whose OKS to all others ``oks_nms`` computes at once (128 x 2,000 x 17 float64: 35 MB)."""
+
+
 def oks_nms(instances: list[dict[str, Any]], sigmas: Sequence[float], threshold: float = 0.9) -> list[int]:
     """Greedy OKS non-maximum suppression over the pose instances of one image, as MMPose's ``oks_nms``.
 
@@ -78,7 +82,7 @@ def oks_nms(instances: list[dict[str, Any]], sigmas: Sequence[float], threshold:
     dropped, until none remain. The OKS counts all K keypoints and uses the mean of the two areas, so
     that it is symmetric; it is compared with ``threshold`` in float32, as MMPose stores it. Returns the
     kept indices, highest score first; equal scores keep input order (MMPose's follow numpy's unstable
-    sort). Memory and time grow with n² · K, like MMPose's (a few µs per instance pair there).
+    sort). Time grows with n² · K, like MMPose's (a few µs per instance pair there); memory with n² + 128 · n · K.
     """
     if not instances:
         return []
@@ -87,12 +91,15 @@ def oks_nms(instances: list[dict[str, Any]], sigmas: Sequence[float], threshold:
         raise InputError(f"keypoints must be (K, 2) or (K, 3), got {poses.shape[1:]}")
     scores = np.asarray([float(item["score"]) for item in instances])
     areas = np.asarray([float(item["area"]) for item in instances])
-    # All pairs at once; the greedy pass below then only looks rows up.
-    similarity = _keypoint_similarities(
-        poses[:, None], poses[None, :], (areas[:, None, None] + areas[None, :, None]) / 2.0,
-        _sigmas_array(sigmas, poses.shape[1]),
-    ).mean(axis=-1)
-    suppresses = similarity.astype(np.float32) > np.float32(threshold)
+    # All pairs, a block of rows at a time (a crowded image's n² · K floats at once could take gigabytes); the
+    # greedy pass below then only looks rows up.
+    sig = _sigmas_array(sigmas, poses.shape[1])
+    suppresses = np.empty((len(poses), len(poses)), dtype=bool)
+    for start in range(0, len(poses), _NMS_ROWS):
+        rows = slice(start, start + _NMS_ROWS)
+        similarity = _keypoint_similarities(poses[rows, None], poses[None, :],
+                                            (areas[rows, None, None] + areas[None, :, None]) / 2.0, sig).mean(axis=-1)
+        suppresses[rows] = similarity.astype(np.float32) > np.float32(threshold)
     dropped = np.zeros(len(instances), dtype=bool)
     kept: list[int] = []
     for index in np.argsort(-scores, kind="stable").tolist():
