@@ -22,7 +22,7 @@ OUT = Path(__file__).with_name("hsv_jitter.npz")
 GAINS = np.array([[3, -20, 25], [-5, 30, -30], [0, 0, 17], [-4, -30, 0], [5, 0, 0], [0, 29, 0]], dtype=np.int16)
 
 
-def test_image() -> np.ndarray:
+def source_image() -> np.ndarray:
     image = np.random.default_rng(0).integers(0, 256, (16, 12, 3), dtype=np.uint8)
     image[0, :6] = [[0, 0, 0], [255, 255, 255], [128, 128, 128], [255, 0, 0], [0, 255, 0], [0, 0, 255]]
     image[1, :3] = [[250, 10, 5], [3, 3, 250], [200, 200, 10]]  # hues near 0 and 179, to wrap
@@ -38,7 +38,7 @@ def yolox_hsv(image_bgr: np.ndarray, gains: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    image = test_image()
+    image = source_image()
     outputs = np.stack([yolox_hsv(image[..., ::-1].copy(), gains)[..., ::-1] for gains in GAINS])
     np.savez_compressed(OUT, image=image, gains=GAINS, outputs=outputs)
     print(f"wrote {OUT}")
