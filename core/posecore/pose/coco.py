@@ -296,7 +296,8 @@ class EncodedImage:
         self.where = where or f"image {path}"
         self.reduced = reduced
         self._full: Image.Image | None = None
-        width, height = self._open().size  # the header only
+        self._opened: Image.Image | None = self._open()  # its header read; the first decode goes on from it
+        width, height = self._opened.size
         self.shape = (height, width, 3)
 
     def decode(self, largest_factor: int = 1) -> tuple[Image.Image, int]:
@@ -306,7 +307,7 @@ class EncodedImage:
         factor = max((f for f in (8, 4, 2) if f <= largest_factor), default=1) if self.reduced else 1
         if factor == 1 and self._full is not None:
             return self._full, 1
-        image = self._open()
+        image, self._opened = self._opened or self._open(), None
         try:
             if factor > 1:
                 drafted = image.draft("RGB", (max(image.width // factor, 1), max(image.height // factor, 1)))
