@@ -10,7 +10,8 @@ at one thread (a DataLoader worker's setting).
 
 1. Per process, samples/s, in ``--rounds`` rounds that alternate between the rows (so all see the same machine);
    the median round is shown:
-   * limit: Pillow decode + one Pillow bilinear affine crop to 192x256, the least a top-down pipeline must do;
+   * limit: OpenCV decode + one OpenCV bilinear warp to 192x256 (what MMPose's LoadImage and TopdownAffine call),
+     the least a top-down pipeline must do; beside it Pillow's decode + bilinear affine transform;
    * HRNet-W32 (examples/mmpose/td-hm_hrnet-w32_8xb64-210e_coco-256x192.toml): flip, half body, shift, scale and
      rotation at MMPose's values, MSRAHeatmap 48x64 targets, through ``KeyedDataset`` as training uses it; with
      ``reduced_decode`` off (the default) and on;
@@ -20,9 +21,8 @@ at one thread (a DataLoader worker's setting).
      RandomBBoxTransform, TopdownAffine, GenerateTarget with MSRAHeatmap, PackPoseInputs) on the same records, in a
      process of the reference venv (``--mmpose-python``, default /work/mmpose-ref/bin/python) that measures when
      asked, interleaved with posecore's rows.
-2. The levers, each measured against the pipeline without it: the crop from the decoded Pillow image without the
-   copies to an array and back (against the record's image as an array, as plugin datasets give it), reduced-scale
-   decoding, and the share of target generation (``codec.encode`` alone).
+2. The levers, each measured against the pipeline without it: reduced-scale decoding, and the share of target
+   generation (``codec.encode`` alone). (Levers measured against earlier commits are in bench/README.md.)
 3. A DataLoader over the HRNet pipeline (batch ``--batch``) with 0, 1 and 2 workers, persistent workers: samples/s
    after the first batch (worker start-up excluded).
 """
@@ -122,9 +122,8 @@ class MMPose:
 
 # ---------------------------------------------------------------- posecore's pipelines
 
-def pipeline(config: Path, reduced_decode: bool = False, as_array: bool = False, photometric: bool = True):
-    """posecore's training dataset for ``config``'s codec and ``[augment]`` (without its switch) on the sample.
-    ``as_array``: records carry their image as an array (as a plugin dataset's do)."""
+def pipeline(config: Path, reduced_decode: bool = False, photometric: bool = True):
+    """posecore's training dataset for ``config``'s codec and ``[augment]`` (without its switch) on the sample."""
     import tomllib
     from types import SimpleNamespace
 
@@ -140,9 +139,6 @@ def pipeline(config: Path, reduced_decode: bool = False, as_array: bool = False,
     if not photometric:
         augment = {key: value for key, value in augment.items() if not key.startswith(("hsv_", "albumentations"))}
     source = CocoKeypoints(COCO / "test_coco.json", COCO, reduced_decode=reduced_decode)
-    if as_array:
-        load = source.load
-        source.load = lambda index: {**load(index), "image": np.asarray(load(index)["image"])}
     run = SimpleNamespace(config={"augment": augment}, codec=codec(**codec_options))
     return KeyedDataset(source, build_transform(run, CocoKeypoints.layout({"keypoints": "coco17"}), True), seed=0)
 
@@ -152,8 +148,10 @@ def pipeline_step(dataset):
     return lambda: dataset[next(keys)]
 
 
-def limit_step():
-    """Pillow decode + one Pillow affine crop of each person box, cycling through the sample."""
+def limit_step(library: str):
+    """Decode + one bilinear crop of each person box, cycling through the sample: with ``library`` "opencv"
+    (``imdecode`` + ``warpAffine``) or "pillow" (``Image.open`` + ``load`` + affine ``transform``)."""
+    import cv2
     from PIL import Image
 
     from posecore.pose.coco import CocoKeypoints
@@ -164,17 +162,21 @@ def limit_step():
     for index in range(len(source)):
         record = source.load(index)
         center, scale = box_to_center_scale(record["box"], SIZE[0] / SIZE[1])
-        inverse = invert_affine(affine_matrix(center, scale, 0.0, SIZE))  # output pixel -> image pixel
-        jobs.append((record["image"].path, tuple(inverse.ravel())))
+        matrix = affine_matrix(center, scale, 0.0, SIZE)  # image pixel -> output pixel
+        jobs.append((record["image"].path, matrix, tuple(invert_affine(matrix).ravel())))
     cycle = itertools.cycle(jobs)
+    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
 
-    def step() -> None:
-        path, coefficients = next(cycle)
+    def opencv() -> None:
+        path, matrix, _ = next(cycle)
+        cv2.warpAffine(cv2.imdecode(np.fromfile(path, dtype=np.uint8), flags), matrix, SIZE, flags=cv2.INTER_LINEAR)
+
+    def pillow() -> None:
+        path, _, coefficients = next(cycle)
         with Image.open(path) as image:
-            crop = image.convert("RGB").transform(SIZE, Image.AFFINE, coefficients, resample=Image.BILINEAR)
-        np.asarray(crop)
+            np.asarray(image.convert("RGB").transform(SIZE, Image.AFFINE, coefficients, resample=Image.BILINEAR))
 
-    return step
+    return {"opencv": opencv, "pillow": pillow}[library]
 
 
 def encode_step(dataset):
@@ -220,10 +222,10 @@ def main() -> None:
                  "RTMPose stage 1: geometry only (no albumentations), SimCC")
     hrnet = pipeline(HRNET)
     rows = {
-        "limit: Pillow decode + affine crop 192x256": limit_step(),
+        "limit: OpenCV decode + warpAffine crop 192x256": limit_step("opencv"),
+        "  Pillow decode + affine transform crop 192x256": limit_step("pillow"),
         "posecore HRNet-W32 pipeline": pipeline_step(hrnet),
         "  with reduced_decode = true": pipeline_step(pipeline(HRNET, reduced_decode=True)),
-        "  image as an array (lever: no copies)": pipeline_step(pipeline(HRNET, as_array=True)),
         f"posecore {rtm_label}": pipeline_step(pipeline(RTMPOSE, photometric=rtm_photometric)),
         "  MSRAHeatmap encode alone (targets)": encode_step(hrnet),
     }
@@ -243,7 +245,7 @@ def main() -> None:
     print(f"\n{'per process':58s} {'samples/s':>10s}  {'rounds':s}")
     for name, value in median.items():
         print(f"{name:58s} {value:10.1f}  {' '.join(f'{v:.0f}' for v in rounds[name])}")
-    ours, limit = median["posecore HRNet-W32 pipeline"], median["limit: Pillow decode + affine crop 192x256"]
+    ours, limit = median["posecore HRNet-W32 pipeline"], median["limit: OpenCV decode + warpAffine crop 192x256"]
     print(f"\nposecore HRNet / limit: {ours / limit:.2f} (limit / posecore {limit / ours:.2f})")
     if mmpose is not None:
         print(f"posecore HRNet / MMPose HRNet: {ours / median['MMPose HRNet-W32 pipeline (reference venv)']:.2f}")

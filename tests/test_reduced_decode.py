@@ -25,12 +25,12 @@ def _compare(path, center, scale, rotation):
     and the factor used."""
     matrix = affine_matrix(center, scale, rotation, SIZE)
     full = EncodedImage(path)
-    reduced = warp_affine(EncodedImage(path, reduced=True), matrix, SIZE)
+    reduced = warp_affine(EncodedImage(path, reduced=True), matrix, SIZE).astype(np.float32)
     factor = EncodedImage(path, reduced=True).decode(int(1 / np.linalg.norm(matrix[:, :2], ord=2)))[1]
     offset = (factor - 1) / 2
     on_grid = np.concatenate([matrix[:, :2] * factor, (matrix[:, :2] @ [offset, offset] + matrix[:, 2])[:, None]],
                              axis=1)
-    averaged = warp_affine(_area_averaged(full, factor), on_grid, SIZE)
+    averaged = warp_affine(_area_averaged(full, factor), on_grid, SIZE).astype(np.float32)
     return np.abs(reduced - warp_affine(full, matrix, SIZE)).mean(), np.abs(reduced - averaged).mean(), factor
 
 

@@ -666,7 +666,9 @@ class _Translator:
         for leaf, value in (((*env, "cudnn_benchmark"), False), ((*env, "dist_cfg", "backend"), "nccl")):
             if self.get(leaf) == value:  # posecore's own: no cuDNN benchmark, nccl on CUDA
                 self.take(leaf)
-        self.take(env + ("mp_cfg", "opencv_num_threads"))  # posecore uses no OpenCV
+        # OpenCV's threads are left as OpenCV sets them (no difference measured with DataLoader workers, and
+        # setNumThreads in a forked worker can deadlock).
+        self.take(env + ("mp_cfg", "opencv_num_threads"))
         visualizer = ("visualizer",)
         if self.get(visualizer + ("type",)) in ("PoseLocalVisualizer", "Visualizer"):
             self.take(visualizer + ("type",), visualizer + ("name",))

@@ -110,7 +110,7 @@ CORE_SCHEMA = {
                                          "a standard normal truncated to [-1, 1] for each axis.", min=0, max=1),
         "hsv_hue_delta": Key(int, 0, "HSV jitter of the crop, as MMDetection's YOLOXHSVRandomAug (`hue_delta`, 5 in "
                                      "RTMPose's configs): with probability 1/2, OpenCV's hue (0-179) moves by a whole "
-                                     "number within +-this; 0: off. Needs cv2 (opencv-python-headless).",
+                                     "number within +-this; 0: off.",
                              min=0, max=180),
         "hsv_saturation_delta": Key(int, 0, "HSV jitter: with probability 1/2, the saturation (0-255) moves by a whole "
                                             "number within +-this, clipped (`saturation_delta`, 30 there); 0: off.",

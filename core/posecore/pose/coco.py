@@ -278,16 +278,15 @@ class CocoKeypoints:
                 f"{where}: is {image.shape[1]}x{image.shape[0]} but the annotation file says {width}x{height}; "
                 f"the image does not match its annotations"
             )
-        if not self.reduced_decode:
-            image.decode()  # a broken file fails here, in load
         return image
 
 
 class EncodedImage:
     """An image file as a record's ``image``: uint8 RGB (H, W, 3) wherever an array is expected (``shape``,
-    ``np.asarray``, indexing), and, for the top-down crop, a Pillow image without copies, decoded at reduced scale
-    when ``reduced`` allows (libjpeg's DCT scaling; other formats decode in full). A missing or undecodable file
-    raises DataError naming it as ``where``."""
+    ``np.asarray``, indexing), decoded once by OpenCV (as MMPose's LoadImage decodes, EXIF orientation ignored), or
+    with ``reduced``, by the top-down crop at the scale it needs (libjpeg's DCT scaling; other formats decode in
+    full). What OpenCV cannot read, Pillow decodes or explains; a missing or undecodable file raises DataError naming
+    it as ``where``."""
 
     dtype = np.dtype(np.uint8)
 
@@ -295,44 +294,53 @@ class EncodedImage:
         self.path = Path(path)
         self.where = where or f"image {path}"
         self.reduced = reduced
-        self._full: Image.Image | None = None
-        self._opened: Image.Image | None = self._open()  # its header read; the first decode goes on from it
-        width, height = self._opened.size
-        self.shape = (height, width, 3)
+        self._full: np.ndarray | None = None
+        if reduced:  # the size from the header alone: the crop decides the scale
+            with self._pillow_call(Image.open, self.path) as opened:
+                width, height = opened.size
+                self._jpeg = opened.format == "JPEG"
+            self.shape = (height, width, 3)
+        else:
+            self.shape = self.decode()[0].shape
 
-    def decode(self, largest_factor: int = 1) -> tuple[Image.Image, int]:
-        """The RGB image decoded at 1 / factor of its size, and that factor: the largest of 1, 2, 4 and 8 up to
-        ``largest_factor`` (1 unless ``reduced``). Reduced pixel (i, j) covers full pixels [f i, f (i + 1)) x
-        [f j, f (j + 1)): its centre is full pixel (f i + (f - 1) / 2, f j + (f - 1) / 2)."""
-        factor = max((f for f in (8, 4, 2) if f <= largest_factor), default=1) if self.reduced else 1
+    def decode(self, largest_factor: int = 1) -> tuple[np.ndarray, int]:
+        """The RGB pixels decoded at 1 / factor of the image's size, and that factor: the largest of 1, 2, 4 and 8 up
+        to ``largest_factor`` (1 unless ``reduced`` and a JPEG). Reduced pixel (i, j) covers full pixels
+        [f i, f (i + 1)) x [f j, f (j + 1)): its centre is full pixel (f i + (f - 1) / 2, f j + (f - 1) / 2)."""
+        import cv2
+
+        factor = 1
+        if self.reduced and self._jpeg:
+            factor = max((f for f in (8, 4, 2) if f <= largest_factor), default=1)
         if factor == 1 and self._full is not None:
             return self._full, 1
-        image, self._opened = self._opened or self._open(), None
         try:
-            if factor > 1:
-                drafted = image.draft("RGB", (max(image.width // factor, 1), max(image.height // factor, 1)))
-                # The scale the decoder took: draft's box is the full size over it.
-                factor = round(self.shape[1] / drafted[1][2]) if drafted else 1
-            image.load()  # which closes the file (opened by name)
-            # An RGB image as it is: convert would copy it.
-            decoded = image if image.mode == "RGB" else image.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as error:
-            image.close()
+            encoded = np.fromfile(self.path, dtype=np.uint8)
+        except FileNotFoundError:
+            raise DataError(f"{self.where}: not found; check the path") from None
+        except OSError as error:
             raise self._undecodable(error) from None
+        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION | _REDUCED_GREY[factor]
+        pixels = cv2.imdecode(encoded, flags) if encoded.size else None
+        if pixels is None:  # a format OpenCV does not read, or a broken file: Pillow's decoding or its reason
+            with self._pillow_call(Image.open, self.path) as opened:
+                pixels = np.asarray(self._pillow_call(opened.convert, "RGB"))
         if factor == 1:
-            self._full = decoded
-        return decoded, factor
+            self._full = pixels
+        return pixels, factor
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        # Pillow's buffer is read-only: an array to keep (np.array, copy not False) is a writable copy.
-        return (np.asarray if copy is False else np.array)(self.decode()[0], dtype=dtype)
+        pixels = self.decode()[0]
+        if dtype is not None and np.dtype(dtype) != pixels.dtype:
+            return pixels.astype(dtype)
+        return pixels.copy() if copy else pixels
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self)[key]
+        return self.decode()[0][key]
 
-    def _open(self) -> Image.Image:
+    def _pillow_call(self, function: Any, *args: Any) -> Any:
         try:
-            return Image.open(self.path)
+            return function(*args)
         except FileNotFoundError:
             raise DataError(f"{self.where}: not found; check the path") from None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -343,9 +351,14 @@ class EncodedImage:
         return DataError(f"{self.where}: cannot be decoded ({reason}); replace the file with a valid image")
 
 
+# OpenCV's flag for a decode at 1 / factor of the size (its IMREAD_REDUCED_GRAYSCALE_<factor>; with
+# IMREAD_COLOR_RGB in the flags the pixels are colour).
+_REDUCED_GREY = {1: 0, 2: 16, 4: 32, 8: 64}
+
+
 def read_image(path: PathLike, where: str | None = None) -> np.ndarray:
     """Decode an image file to uint8 RGB (H, W, 3); a missing or undecodable file raises DataError.
 
     ``where`` names the image in the message (default: ``image PATH``).
     """
-    return np.array(EncodedImage(path, where), dtype=np.uint8)
+    return EncodedImage(path, where).decode()[0]

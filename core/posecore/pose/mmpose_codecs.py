@@ -15,11 +15,9 @@ that a model trained in either framework validates the same in both. The convent
   centres in image, input and heatmap alike, so mirroring needs no shift. MMPose turns its rotation the other way
   than ``MSRAHeatmap``'s; ``crop_matrix`` follows it.
 
-The warp itself is posecore's (Pillow's bilinear sampling, :func:`posecore.pose.transforms.warp_affine`), not
-OpenCV's ``warpAffine``. With the same matrix the crops agree within one grey level everywhere (on the test image
-Pillow's value is one lower in about 40% of the samples: they round differently), along the image's border too:
-Pillow reads the image with a one-pixel black border, so that it fades to the black outside over that pixel as
-OpenCV's BORDER_CONSTANT does (tests/test_augment.py compares it with OpenCV's own output).
+The warp is OpenCV's ``warpAffine`` as in MMPose's TopdownAffine (:func:`posecore.pose.transforms.warp_affine`):
+with the same matrix the crops are MMPose's to the grey level, along the image's border too (tests/test_augment.py
+and tests/test_mmpose_codecs.py compare them with its output).
 """
 
 from __future__ import annotations

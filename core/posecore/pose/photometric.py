@@ -2,7 +2,7 @@
 RTMPose's configs) and albumentations' pixel-level transforms (MMPose's ``Albumentation`` step).
 
 Both draw only from the sample's own generator, so a crop is a function of (seed, epoch, index) whatever the
-worker processes and the global random state. cv2 and albumentations are optional: imported only when used.
+worker processes and the global random state. albumentations is optional: imported only when used.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ HSV_KEYS = ("hsv_hue_delta", "hsv_saturation_delta", "hsv_value_delta")
 KEYS = (*HSV_KEYS, "albumentations")
 """The ``[augment]`` keys that this module reads (the rest are the crop's geometry)."""
 
-OPENCV = Dependency("cv2", "pip install opencv-python-headless (in the posecore[augment] extra)")
 ALBUMENTATIONS = Dependency("albumentations", "pip install 'albumentations>=2.0,<3' (the posecore[augment] extra)")
 
 
@@ -127,9 +126,6 @@ def check_augment(augment: Mapping[str, Any]) -> None:
         raise ConfigError("augment.switch.epoch is required with [augment.switch]: the first (0-based) epoch whose "
                           "samples use the switched augmentation")
     for prefix, options in (("augment.", augment), ("augment.switch.", switch)):
-        hsv_key = next((key for key in HSV_KEYS if options.get(key)), None)
-        if hsv_key is not None:
-            _require(OPENCV, prefix + hsv_key)
         if options.get("albumentations"):
             _require(ALBUMENTATIONS, prefix + "albumentations")
             build_albumentations(options["albumentations"], prefix + "albumentations")

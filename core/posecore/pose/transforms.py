@@ -78,20 +78,16 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 def warp_affine(image: Any, matrix: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
-    """Bilinear warp of a uint8 (H, W, C) image by ``matrix`` (image to output) into float32 (h, w, C).
+    """Bilinear warp of an (H, W, C) image by ``matrix`` (image to output) into (h, w, C) of its dtype: OpenCV's
+    ``warpAffine`` (INTER_LINEAR, BORDER_CONSTANT 0), as MMPose's TopdownAffine warps.
 
-    Outside the image counts as zero, samples within a pixel of its border blending with that zero, and values are
-    rounded to whole numbers: OpenCV's ``warpAffine`` (INTER_LINEAR, BORDER_CONSTANT 0, as MMPose warps) within one
-    grey level. Pillow does the sampling on the part of the image the output reads, with a black border of one pixel
-    (converting the whole image to float first cost 10x more on COCO-sized photos).
-
-    ``image`` is an array, a Pillow image (no copy to an array and back), or an image decoded on demand: an object
-    whose ``decode(largest_factor)`` gives a Pillow image decoded at 1 / factor of its size and that factor (as
+    ``image`` is an array, anything ``np.asarray`` takes (a Pillow image), or an image decoded on demand: an object
+    whose ``decode(largest_factor)`` gives the pixels decoded at 1 / factor of its size and that factor (as
     :class:`posecore.pose.coco.EncodedImage`). It is asked for the smallest scale that still has a pixel for each
     output pixel in every direction; the matrix then maps that image's pixels, whose centres sit at
     ``factor * i + (factor - 1) / 2`` in the full image.
     """
-    from PIL import Image
+    import cv2
 
     decode = getattr(image, "decode", None)
     if decode is not None:
@@ -100,36 +96,10 @@ def warp_affine(image: Any, matrix: np.ndarray, output_size: tuple[int, int]) ->
         if factor > 1:
             offset = (factor - 1) / 2
             matrix = _compose(matrix, np.array([[factor, 0.0, offset], [0.0, factor, offset]]))
-    width, height = output_size
-    inverse = invert_affine(matrix)
-    corners = transform_points(np.array([[-1.0, -1.0], [width, -1.0], [-1.0, height], [width, height]]), inverse)
-    # The image pixels the samples blend (two beyond each corner's), in the image padded by one black pixel.
-    if isinstance(image, Image.Image):
-        (image_width, image_height), channels = image.size, (len(image.getbands()),)
-    else:
-        (image_height, image_width), channels = image.shape[:2], image.shape[2:]
-    x0, y0 = np.maximum(np.floor(corners.min(axis=0)).astype(int) - 2, -1)
-    x1, y1 = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 3, [image_width + 1, image_height + 1])
-    if x0 >= x1 or y0 >= y1:
-        return np.zeros((height, width) + channels, dtype=np.float32)
-    if isinstance(image, Image.Image):
-        if x0 >= 0 and y0 >= 0 and x1 <= image_width and y1 <= image_height:  # no border read: no copy needed
-            region, x0, y0 = image, 0, 0
-        else:
-            region = image.crop((int(x0), int(y0), int(x1), int(y1)))  # black beyond the image
-    else:
-        pixels = np.zeros((y1 - y0, x1 - x0) + channels, dtype=np.uint8)
-        inside_x, inside_y = slice(max(x0, 0), min(x1, image_width)), slice(max(y0, 0), min(y1, image_height))
-        pixels[inside_y.start - y0:inside_y.stop - y0, inside_x.start - x0:inside_x.stop - x0] = image[inside_y,
-                                                                                                       inside_x]
-        region = Image.fromarray(pixels)
-    a, b, c, d, e, f = inverse.ravel().tolist()
-    # Pillow maps output pixel u to input a * (u + 0.5) + b * (v + 0.5) + c in coordinates whose pixel
-    # centres lie at +0.5; ours have them at integers, hence the half-pixel terms; the region starts at (x0, y0).
-    coefficients = (a, b, c + 0.5 - 0.5 * (a + b) - x0, d, e, f + 0.5 - 0.5 * (d + e) - y0)
-    warped = region.transform(tuple(output_size), Image.Transform.AFFINE, coefficients,
-                              resample=Image.Resampling.BILINEAR)
-    return np.asarray(warped, dtype=np.float32)
+    image = np.asarray(image)
+    warped = cv2.warpAffine(image, np.asarray(matrix, dtype=np.float64), tuple(output_size), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return warped.reshape(warped.shape[:2] + image.shape[2:])  # OpenCV drops a single channel's axis
 
 
 _SCALE = (1 / IMAGENET_STD).astype(np.float32)
@@ -137,7 +107,7 @@ _SHIFT = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
-    """An (h, w, 3) crop's pixel values as the network's input: (3, h, w) float32, ImageNet-normalised. One channel
+    """An (h, w, 3) crop's pixel values (uint8 or float) as the network's input: (3, h, w) float32, ImageNet-normalised. One channel
     at a time, in place (a quarter of the time whole-array broadcasting and a transposed copy take)."""
     normalised = np.empty((3, *image.shape[:2]), dtype=np.float32)
     for channel in range(3):
@@ -226,7 +196,7 @@ class TopDownTransform:
         if augment:
             photometric_rng = np.random.default_rng(int(rng.integers(2 ** 63)))
             if self.photometric is not None:
-                image = self.photometric(image.astype(np.uint8), photometric_rng).astype(np.float32)
+                image = self.photometric(image, photometric_rng)
         sample = {"img": normalise(image)}
         if self.train:
             sample.update(self.codec.encode(transform_points(keypoints[order], matrix), visible[order]))
