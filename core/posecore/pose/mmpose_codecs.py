@@ -225,16 +225,22 @@ def _window_gaussians(points: np.ndarray, visible: np.ndarray, heatmap_size: tup
         peak = peak + (points - rounded)
     peak = peak.astype(np.float32)
 
-    def along(axis: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-        grid = np.arange(length)
-        inside = (grid >= low[:, axis:axis + 1]) & (grid < high[:, axis:axis + 1])
-        return (grid - low[:, axis:axis + 1]).astype(np.float32) - peak[:, axis:axis + 1], inside
+    # Only the windows are computed (not whole heatmaps), each within n x n steps from its low corner.
+    steps = np.arange(int(2 * radius) + 2)
 
-    offset_x, inside_x = along(0, width)
-    offset_y, inside_y = along(1, height)
+    def along(axis: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pixels = low[:, axis:axis + 1] + steps  # the heatmap pixel of each window step
+        inside = (pixels >= 0) & (pixels < length) & (pixels < high[:, axis:axis + 1])
+        return steps.astype(np.float32) - peak[:, axis:axis + 1], pixels, inside
+
+    offset_x, column, inside_x = along(0, width)
+    offset_y, row, inside_y = along(1, height)
     gaussian = np.exp(-(offset_x[:, None, :] ** 2 + offset_y[:, :, None] ** 2) / (2 * sigma**2))
     keep = inside_y[:, :, None] & inside_x[:, None, :] & (drawn & ~missed)[:, None, None]
-    return np.where(keep, gaussian, np.float32(0)), np.where(missed, np.float32(0), visible)
+    which, down, across = np.nonzero(keep)
+    heatmaps = np.zeros((len(points), height, width), dtype=np.float32)
+    heatmaps[which, row[which, down], column[which, across]] = gaussian[which, down, across]
+    return heatmaps, np.where(missed, np.float32(0), visible)
 
 
 def _exact_gaussians(points: np.ndarray, visible: np.ndarray, heatmap_size: tuple[int, int],
