@@ -8,6 +8,7 @@ output exactly, and heatmap pixel u covers input pixels [u * stride, (u + 1) * s
 
 from __future__ import annotations
 
+import math
 from statistics import NormalDist
 from typing import Any, Callable, Sequence
 
@@ -91,7 +92,7 @@ def warp_affine(image: Any, matrix: np.ndarray, output_size: tuple[int, int]) ->
 
     decode = getattr(image, "decode", None)
     if decode is not None:
-        stretch = float(np.linalg.norm(matrix[:, :2], ord=2))  # output pixels per image pixel, at most
+        stretch = _largest_singular_value(matrix[:, :2])  # output pixels per image pixel, at most
         image, factor = decode(int(min(8.0, 1.0 / stretch)))
         if factor > 1:
             offset = (factor - 1) / 2
@@ -263,6 +264,13 @@ def _truncated_normal(uniforms: np.ndarray) -> np.ndarray:
     """Standard normals truncated to [-1, 1] (MMPose's ``truncnorm.rvs(-1, 1)``), one per uniform in [0, 1)."""
     low, high = _WITHIN_ONE
     return np.array([_NORMAL.inv_cdf(low + u * (high - low)) for u in uniforms])
+
+
+def _largest_singular_value(matrix: np.ndarray) -> float:
+    """The spectral norm of a 2 x 2 matrix, in closed form (``np.linalg.norm(m, 2)`` runs an SVD: 40x slower)."""
+    a, b, c, d = matrix.ravel().tolist()
+    squares, determinant = a * a + b * b + c * c + d * d, a * d - b * c
+    return math.sqrt((squares + math.sqrt(max(squares * squares - 4 * determinant * determinant, 0.0))) / 2)
 
 
 def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
