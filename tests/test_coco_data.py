@@ -491,3 +491,27 @@ def test_keypoint_layout_errors_name_the_key(tmp_path, train_layout, val_layout,
     with pytest.raises(ConfigError) as error:
         load_config(config, [], [])
     assert message in str(error.value)
+
+
+def test_images_decode_as_mmposes_loadimage(tmp_path):
+    """OpenCV decodes (as MMPose's LoadImage) to the pixels Pillow's RGB conversion gives, in the orientation stored
+    (an EXIF rotation is ignored, as MMPose ignores it); what OpenCV cannot read (PCX), Pillow decodes; only JPEGs
+    decode at reduced scale."""
+    from posecore.pose.coco import EncodedImage, read_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees to display"
+    Image.fromarray(pixels).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    Image.fromarray(pixels[..., 0]).save(tmp_path / "grey.png")
+    Image.fromarray(np.dstack([pixels, pixels[..., :1]])).save(tmp_path / "alpha.png")
+    Image.fromarray(pixels).save(tmp_path / "paint.pcx")
+    for name in ("rotated.jpg", "grey.png", "alpha.png", "paint.pcx"):
+        expected = np.asarray(Image.open(tmp_path / name).convert("RGB"))
+        assert expected.shape == (20, 30, 3)
+        decoded = read_image(tmp_path / name)
+        np.testing.assert_array_equal(decoded, expected, err_msg=name)
+        decoded[0, 0] = 0  # a copy to keep: writable
+        assert EncodedImage(tmp_path / name).shape == (20, 30, 3)
+        reduced, factor = EncodedImage(tmp_path / name, reduced=True).decode(8)  # only JPEGs decode reduced
+        assert factor == (8 if name.endswith(".jpg") else 1) and reduced.shape[1] == (4 if factor == 8 else 30)

@@ -324,7 +324,7 @@ class EncodedImage:
         pixels = cv2.imdecode(encoded, flags) if encoded.size else None
         if pixels is None:  # a format OpenCV does not read, or a broken file: Pillow's decoding or its reason
             with self._pillow_call(Image.open, self.path) as opened:
-                pixels = np.asarray(self._pillow_call(opened.convert, "RGB"))
+                pixels = np.array(self._pillow_call(opened.convert, "RGB"))  # writable, as OpenCV's
         if factor == 1:
             self._full = pixels
         return pixels, factor
