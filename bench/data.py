@@ -25,6 +25,8 @@ at one thread (a DataLoader worker's setting).
    generation (``codec.encode`` alone). (Levers measured against earlier commits are in bench/README.md.)
 3. A DataLoader over the HRNet pipeline (batch ``--batch``) with 0, 1 and 2 workers, persistent workers: samples/s
    after the first batch (worker start-up excluded).
+4. Where a sample's time goes: ms per call of each step of the HRNet pipeline, alone (each on already decoded
+   records, except the whole sample, the record's load and the decode), and the collation of a batch.
 """
 
 from __future__ import annotations
@@ -186,6 +188,36 @@ def encode_step(dataset):
     return lambda: transform.codec.encode(*next(cases))
 
 
+def step_times(dataset, batch: int, seconds: float) -> dict[str, float]:
+    """Milliseconds per call of each step (see the module docstring, item 4)."""
+    import cv2
+    from torch.utils.data import default_collate
+
+    from posecore.pose.transforms import normalise, warp_affine
+
+    source, transform = dataset.source, dataset.transform
+    count = len(source)
+    turn = itertools.count()
+    records = [source.load(index) for index in range(count)]
+    paths = [record["image"].path for record in records]
+    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+    generator = np.random.default_rng(0)
+    matrix = np.array([[0.8, 0.1, -100.0], [-0.1, 0.8, -50.0]])
+    crop = warp_affine(records[0]["image"], matrix, SIZE)
+    samples = [dataset[(0, index % count)] for index in range(batch)]
+    steps = {
+        "whole sample (KeyedDataset[(epoch, index)])": lambda: dataset[(0, next(turn) % count)],
+        "  the record's load (with its decode)": lambda: source.load(next(turn) % count),
+        "  np.fromfile + cv2.imdecode": lambda: cv2.imdecode(np.fromfile(paths[next(turn) % count], np.uint8), flags),
+        "  transform of a decoded record": lambda: transform(records[next(turn) % count], generator),
+        "    warp_affine": lambda: warp_affine(records[next(turn) % count]["image"], matrix, SIZE),
+        "    normalise": lambda: normalise(crop),
+        "    codec.encode": encode_step(dataset),
+        f"collate {batch} samples": lambda: default_collate(samples),
+    }
+    return {name: 1000 / rate(step, seconds) for name, step in steps.items()}
+
+
 def loader_rate(dataset, workers: int, batch: int, seconds: float) -> float:
     import torch
     from torch.utils.data import DataLoader
@@ -253,6 +285,9 @@ def main() -> None:
     print("num_workers  samples/s")
     for workers in (0, 1, 2):
         print(f"{workers:11d}  {loader_rate(hrnet, workers, args.batch, args.seconds):9.1f}")
+    print("\nWhere the time goes (HRNet-W32 pipeline)     ms per call")
+    for name, milliseconds in step_times(hrnet, args.batch, args.seconds).items():
+        print(f"{name:46s} {milliseconds:8.3f}")
 
 
 if __name__ == "__main__":
