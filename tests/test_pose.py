@@ -113,6 +113,9 @@ def test_warp_affine_samples_bilinearly_with_zero_outside():
     np.testing.assert_allclose(warped[:, :29], (image[:, :29].astype(np.float32) + image[:, 1:]) / 2, atol=0.5)
     far_away = np.array([[1.0, 0.0, 100.0], [0.0, 1.0, 0.0]])
     assert warp_affine(image, far_away, (30, 20)).max() == 0
+    # Pixel types OpenCV does not warp (int64 from np.array of a list) are warped as float32.
+    np.testing.assert_array_equal(warp_affine(image.astype(np.int64), shift_half, (30, 20)),
+                                  warp_affine(image.astype(np.float32), shift_half, (30, 20)))
 
 
 def test_gaussian_heatmaps_peak_and_weights():

@@ -98,18 +98,24 @@ def warp_affine(image: Any, matrix: np.ndarray, output_size: tuple[int, int]) ->
             offset = (factor - 1) / 2
             matrix = _compose(matrix, np.array([[factor, 0.0, offset], [0.0, factor, offset]]))
     image = np.asarray(image)
+    if image.dtype not in _WARPABLE:  # e.g. int64 pixels from np.array of a list: exact in float32
+        image = image.astype(np.float32)
     warped = cv2.warpAffine(image, np.asarray(matrix, dtype=np.float64), tuple(output_size), flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return warped.reshape(warped.shape[:2] + image.shape[2:])  # OpenCV drops a single channel's axis
 
+
+_WARPABLE = tuple(np.dtype(kind) for kind in (np.uint8, np.uint16, np.int16, np.float32, np.float64))
+"""The pixel types OpenCV's ``warpAffine`` takes."""
 
 _SCALE = (1 / IMAGENET_STD).astype(np.float32)
 _SHIFT = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
-    """An (h, w, 3) crop's pixel values (uint8 or float) as the network's input: (3, h, w) float32, ImageNet-normalised. One channel
-    at a time, in place (a quarter of the time whole-array broadcasting and a transposed copy take)."""
+    """An (h, w, 3) crop's pixel values (uint8 or float) as the network's input: (3, h, w) float32,
+    ImageNet-normalised. One channel at a time, in place (a quarter of the time whole-array broadcasting and a
+    transposed copy take)."""
     normalised = np.empty((3, *image.shape[:2]), dtype=np.float32)
     for channel in range(3):
         np.multiply(image[..., channel], _SCALE[channel], out=normalised[channel])
