@@ -44,10 +44,11 @@ def score(run: Run, forward: Any = contextlib.nullcontext()) -> tuple[dict[str, 
     model.eval()
     batches = []
     for batch in data.iterate(run.val_loader):
-        pred, pred_score = predict(run, batch["img"], batch["center"], batch["scale"], forward)
+        # The crops are not kept (not even the last batch's): all of COCO's at 256x192 would be gigabytes.
+        pred, pred_score = predict(run, batch.pop("img"), batch["center"], batch["scale"], forward)
         batches.append({**batch, "pred": pred, "pred_score": pred_score})
     model.train()
-    val = {key: torch.cat([b[key] for b in batches]) for key in batches[0] if key != "img"}
+    val = {key: torch.cat([b[key] for b in batches]) for key in batches[0]}
     if run.world_size == 1:
         return run.metric(val)
     # Each rank predicted a share of the validation set: put the whole set together on rank 0.
