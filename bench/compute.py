@@ -1,13 +1,17 @@
-"""Speed of ``model.channels_last`` and ``model.compile`` against eager on HRNet-W32 training steps.
+"""Speed of ``model.channels_last`` and ``model.compile`` against eager on HRNet-W32 (or RTMPose-m) training steps.
 
-    .venv/bin/python bench/compute.py                          # CPU, batch 8 at 192x256: eager, channels_last,
+    .venv/bin/python bench/compute.py                          # batch 8 at 192x256: eager, channels_last,
                                                                # compile, both; then the resume check
     .venv/bin/python bench/compute.py --batch 4 --iters 2 --rounds 3 --threads 2
     .venv/bin/python bench/compute.py --variants eager,compile --no-resume-check
+    .venv/bin/python bench/compute.py --model rtmpose-m --batch 256 --iters 20    # on a GPU
 
-The model is ``TopdownPoseEstimator`` with MMPose's HRNet-W32 backbone, a head without deconvolutions and
-``KeypointMSELoss`` (``examples/mmpose/td-hm_hrnet-w32_8xb64-210e_coco-256x192.toml``'s network, randomly
-initialised), MSRAHeatmap targets for 192x256 crops (48x64 heatmaps), AdamW. Each variant is a ``Run``
+The model, codec and loss are those of ``--model``'s example config (``hrnet-w32``:
+``examples/mmpose/td-hm_hrnet-w32_8xb64-210e_coco-256x192.toml``, MSRAHeatmap targets 48x64, ``KeypointMSELoss``;
+``rtmpose-m``: ``examples/mmpose/rtmpose-m_8xb256-420e_coco-256x192.toml``, SimCCLabel, ``KLDiscretLoss``), randomly
+initialised (``init_from`` dropped), on 192x256 crops, AdamW. ``--device`` defaults to CUDA where there is one; there
+the table adds each variant's peak memory (``torch.cuda.max_memory_allocated`` over its steps). Each variant is a
+``Run``
 built as ``posecore train`` builds it (``Run.build``, then ``Run.wrap_model``, which compiles) and trained
 by the loop's own step: ``run.train_model`` forward, ``run.model.loss``, the core's ``backward_step``. All
 variants train on one batch of synthetic figures, kept in memory (data loading is not measured).
@@ -30,7 +34,9 @@ import statistics
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,13 +46,21 @@ from posecore.run import Run
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"eager": {}, "channels_last": {"channels_last": True}, "compile": {"compile": True},
             "both": {"channels_last": True, "compile": True}}
+MODELS = {"hrnet-w32": REPO / "examples" / "mmpose" / "td-hm_hrnet-w32_8xb64-210e_coco-256x192.toml",
+          "rtmpose-m": REPO / "examples" / "mmpose" / "rtmpose-m_8xb256-420e_coco-256x192.toml"}
 
 
-def make_run(options: dict[str, bool], batch_size: int, work_dir: str) -> Run:
-    user = {"work_dir": work_dir, "device": "cpu", "plugins": [],
-            "codec": {"type": "MSRAHeatmap", "input_size": [192, 256], "heatmap_size": [48, 64], "sigma": 2.0},
-            "model": {"type": "TopdownPoseEstimator", "backbone": {"type": "HRNet", "arch": "w32"},
-                      "head": {"deconv_out_channels": []}, **options},
+def _without_init(table: Any) -> Any:
+    """``table`` without its ``init_from`` keys (pretrained weights are downloads; the speed does not need them)."""
+    if isinstance(table, dict):
+        return {key: _without_init(value) for key, value in table.items() if key != "init_from"}
+    return table
+
+
+def make_run(model: str, options: dict[str, bool], batch_size: int, device: str, work_dir: str) -> Run:
+    example = tomllib.loads(MODELS[model].read_text())
+    user = {"work_dir": work_dir, "device": device, "plugins": [], "codec": example["codec"],
+            "model": {**_without_init(example["model"]), "flip_test": False, **options},
             "train_dataloader": {"batch_size": batch_size, "num_workers": 0,
                                  "dataset": {"num_samples": batch_size, "image_size": [256, 256]}},
             "val_dataloader": {"batch_size": 1, "dataset": {"num_samples": 1}},
@@ -65,6 +79,8 @@ def steps(run: Run, batch: dict[str, torch.Tensor], count: int) -> float:
     for _ in range(count):
         loss = run.model.loss(run.train_model(batch["img"]), batch)
         run.hook.backward_step(run=run, loss=loss)
+    if batch["img"].is_cuda:
+        torch.cuda.synchronize()  # the steps' kernels run asynchronously
     return time.perf_counter() - start
 
 
@@ -92,6 +108,8 @@ def resume_check() -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=tuple(MODELS), default="hrnet-w32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--iters", type=int, default=3, help="steps per variant per round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -104,25 +122,34 @@ def main() -> None:
     unknown = [name for name in names if name not in VARIANTS]
     if unknown or "eager" not in names:
         raise SystemExit(f"--variants: eager and any of {', '.join(VARIANTS)} (not {', '.join(unknown)})")
-    print(f"HRNet-W32 training steps on CPU, batch {args.batch} at 192x256, torch {torch.__version__}, "
-          f"{args.threads} threads")
+    cuda = args.device.startswith("cuda")
+    where = torch.cuda.get_device_name(args.device) if cuda else f"CPU, {args.threads} threads"
+    print(f"{args.model} training steps, batch {args.batch} at 192x256, torch {torch.__version__}, {where}")
     with tempfile.TemporaryDirectory() as tmp:
-        runs, first = {}, {}
+        runs, first, peak = {}, {}, {}
         for name in names:
-            runs[name] = make_run(VARIANTS[name], args.batch, tmp)
-            batch = next(iter(runs[name].train_loader))
+            runs[name] = make_run(args.model, VARIANTS[name], args.batch, args.device, tmp)
+            batch = {key: value.to(args.device) if isinstance(value, torch.Tensor) else value
+                     for key, value in next(iter(runs[name].train_loader)).items()}
             first[name] = steps(runs[name], batch, 1)
             print(f"  {name:14s} first step {first[name]:7.1f} s", flush=True)
         rates: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(args.rounds):
             for name, run in runs.items():
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(args.device)
                 rates[name].append(args.iters / steps(run, batch, args.iters))
-    print(f"\n| variant | first step (s) | steps/s, median of {args.rounds} (min..max) | ratio to eager |")
-    print("|---|---:|---|---:|")
+                if cuda:
+                    peak[name] = max(peak.get(name, 0.0), torch.cuda.max_memory_allocated(args.device) / 2**30)
+    memory = " peak GiB |" if cuda else ""
+    print(f"\n| variant | first step (s) | steps/s, median of {args.rounds} (min..max) | samples/s | ratio to eager |"
+          + memory)
+    print("|---|---:|---|---:|---:|" + ("---:|" if cuda else ""))
     for name in names:
         ratio = statistics.median(r / e for r, e in zip(rates[name], rates["eager"]))
-        print(f"| {name} | {first[name]:.1f} | {statistics.median(rates[name]):.3f} ({min(rates[name]):.3f}.."
-              f"{max(rates[name]):.3f}) | {ratio:.2f}x |")
+        rate = statistics.median(rates[name])
+        print(f"| {name} | {first[name]:.1f} | {rate:.3f} ({min(rates[name]):.3f}..{max(rates[name]):.3f}) | "
+              f"{rate * args.batch:.1f} | {ratio:.2f}x |" + (f" {peak[name]:.2f} |" if cuda else ""))
     if args.resume_check:
         found = resume_check()
         print("\ncompiled tiny run resumed at iteration 2 vs uninterrupted, iteration 4: "
