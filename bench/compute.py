@@ -1,19 +1,23 @@
-"""Speed of ``model.channels_last`` and ``model.compile`` against eager on HRNet-W32 (or RTMPose-m) training steps.
+"""Speed of ``model.channels_last``, ``model.compile`` and ``--amp`` against eager float32 on HRNet-W32 (or
+RTMPose-m) training steps.
 
     .venv/bin/python bench/compute.py                          # batch 8 at 192x256: eager, channels_last,
                                                                # compile, both; then the resume check
     .venv/bin/python bench/compute.py --batch 4 --iters 2 --rounds 3 --threads 2
     .venv/bin/python bench/compute.py --variants eager,compile --no-resume-check
     .venv/bin/python bench/compute.py --model rtmpose-m --batch 256 --iters 20    # on a GPU
+    .venv/bin/python bench/compute.py --variants eager,amp,amp_bf16 --no-resume-check
 
 The model, codec and loss are those of ``--model``'s example config (``hrnet-w32``:
 ``examples/mmpose/td-hm_hrnet-w32_8xb64-210e_coco-256x192.toml``, MSRAHeatmap targets 48x64, ``KeypointMSELoss``;
 ``rtmpose-m``: ``examples/mmpose/rtmpose-m_8xb256-420e_coco-256x192.toml``, SimCCLabel, ``KLDiscretLoss``), randomly
 initialised (``init_from`` dropped), on 192x256 crops, AdamW. ``--device`` defaults to CUDA where there is one; there
-the table adds each variant's peak memory (``torch.cuda.max_memory_allocated`` over its steps). Each variant is a
-``Run``
+the table adds each variant's peak memory (``torch.cuda.max_memory_allocated`` over its steps). ``amp`` is
+posecore-amp with ``dtype = "auto"`` (float16 with loss scaling on CUDA, bfloat16 on a CPU), ``amp_bf16`` with
+bfloat16 (no scaler). Each variant is a ``Run``
 built as ``posecore train`` builds it (``Run.build``, then ``Run.wrap_model``, which compiles) and trained
-by the loop's own step: ``run.train_model`` forward, ``run.model.loss``, the core's ``backward_step``. All
+by the loop's own step: ``run.train_model`` forward and ``run.model.loss`` in the plugins' forward context
+(autocast, with amp), then ``backward_step`` (posecore-amp's scaled one, with amp). All
 variants train on one batch of synthetic figures, kept in memory (data loading is not measured).
 
 First step: the first training step of each variant, which for ``compile`` includes Dynamo's tracing
@@ -30,6 +34,7 @@ its iteration-2 checkpoint; prints the checkpoint entries in which their iterati
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -38,14 +43,17 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import posecore_amp
 import torch
 
-from posecore.plugins import resolve
+from posecore.plugins import module_plugin, resolve
 from posecore.run import Run
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {"eager": {}, "channels_last": {"channels_last": True}, "compile": {"compile": True},
-            "both": {"channels_last": True, "compile": True}}
+VARIANTS = {"eager": {}, "channels_last": {"model": {"channels_last": True}},
+            "compile": {"model": {"compile": True}}, "both": {"model": {"channels_last": True, "compile": True}},
+            "amp": {"amp": {"enabled": True}}, "amp_bf16": {"amp": {"enabled": True, "dtype": "bfloat16"}}}
+"""Each variant's config sections, over the example's."""
 MODELS = {"hrnet-w32": REPO / "examples" / "mmpose" / "td-hm_hrnet-w32_8xb64-210e_coco-256x192.toml",
           "rtmpose-m": REPO / "examples" / "mmpose" / "rtmpose-m_8xb256-420e_coco-256x192.toml"}
 
@@ -57,17 +65,19 @@ def _without_init(table: Any) -> Any:
     return table
 
 
-def make_run(model: str, options: dict[str, bool], batch_size: int, device: str, work_dir: str) -> Run:
+def make_run(model: str, variant: dict[str, Any], batch_size: int, device: str, work_dir: str) -> Run:
     example = tomllib.loads(MODELS[model].read_text())
     user = {"work_dir": work_dir, "device": device, "plugins": [], "codec": example["codec"],
-            "model": {**_without_init(example["model"]), "flip_test": False, **options},
+            "model": {**_without_init(example["model"]), "flip_test": False, **variant.get("model", {})},
+            **({"amp": variant["amp"]} if "amp" in variant else {}),
             "train_dataloader": {"batch_size": batch_size, "num_workers": 0,
                                  "dataset": {"num_samples": batch_size, "image_size": [256, 256]}},
             "val_dataloader": {"batch_size": 1, "dataset": {"num_samples": 1}},
             "train": {"max_iters": 1000}}
-    config, plugins = resolve(user, lambda key: "bench", installed=[])
+    config, plugins = resolve(user, lambda key: "bench", installed=[], extra=[module_plugin("amp", posecore_amp)])
     run = Run(config, plugins)
     run.seed = 2026
+    run.hook.before_build(run=run)
     run.build()
     run.wrap_model()
     return run
@@ -75,9 +85,11 @@ def make_run(model: str, options: dict[str, bool], batch_size: int, device: str,
 
 def steps(run: Run, batch: dict[str, torch.Tensor], count: int) -> float:
     """Seconds for ``count`` training steps of the loop's own kind."""
+    forward = run.hook.forward_context(run=run) or contextlib.nullcontext()
     start = time.perf_counter()
     for _ in range(count):
-        loss = run.model.loss(run.train_model(batch["img"]), batch)
+        with forward:
+            loss = run.model.loss(run.train_model(batch["img"]), batch)
         run.hook.backward_step(run=run, loss=loss)
     if batch["img"].is_cuda:
         torch.cuda.synchronize()  # the steps' kernels run asynchronously
