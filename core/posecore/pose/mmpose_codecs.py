@@ -345,12 +345,13 @@ def _opencv_kernel(size: int) -> np.ndarray:
     return (kernel / kernel.sum()).astype(np.float32)
 
 
-def _blur(maps: np.ndarray, size: int) -> np.ndarray:
-    """MMPose's heatmap modulation: each map blurred by OpenCV's Gaussian of ``size`` with zeros outside, then
-    scaled back to its maximum."""
+def _blur(maps: np.ndarray, size: int, axes: Sequence[int] = (-1, -2)) -> np.ndarray:
+    """MMPose's modulation of heatmaps (and, with ``axes=(-1,)``, of SimCC vectors): each map blurred along
+    ``axes``, in that order, by OpenCV's Gaussian of ``size`` with zeros outside, then scaled back to its maximum."""
     kernel = _opencv_kernel(size)
     radius = size // 2
-    padded = np.pad(maps, ((0, 0), (0, 0), (radius, radius), (radius, radius)))
-    rows = sliding_window_view(padded, size, axis=-1) @ kernel
-    blurred = sliding_window_view(rows, size, axis=-2) @ kernel
-    return blurred * (maps.max(axis=(2, 3)) / blurred.max(axis=(2, 3)))[..., None, None]
+    axes = tuple(axis % maps.ndim for axis in axes)
+    blurred = np.pad(maps, [(radius, radius) if axis in axes else (0, 0) for axis in range(maps.ndim)])
+    for axis in axes:
+        blurred = sliding_window_view(blurred, size, axis=axis) @ kernel
+    return blurred * (maps.max(axis=axes, keepdims=True) / blurred.max(axis=axes, keepdims=True))

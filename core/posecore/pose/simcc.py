@@ -17,12 +17,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
 
 from posecore.config import Key, Section
 from posecore.errors import ConfigError
 from posecore.pose.heatmap import _shape
-from posecore.pose.mmpose_codecs import _opencv_kernel, to_image, warp_matrix
+from posecore.pose.mmpose_codecs import _blur, to_image, warp_matrix
 
 
 class SimCCLabel:
@@ -158,7 +157,7 @@ def _dark_step(locations: np.ndarray, vectors: np.ndarray, kernel_size: int) -> 
     A location of -1 (no positive value) reads its left neighbours from the end of the padded vector, as MMPose's
     negative indices do.
     """
-    logs = np.log(np.clip(_blur(vectors, kernel_size), np.float32(1e-3), np.float32(50)))
+    logs = np.log(np.clip(_blur(vectors, kernel_size, axes=(-1,)), np.float32(1e-3), np.float32(50)))
     padded = np.pad(logs, ((0, 0), (0, 0), (2, 2)), mode="edge")
     index = (locations + 2.5).astype(np.int64)
 
@@ -168,12 +167,3 @@ def _dark_step(locations: np.ndarray, vectors: np.ndarray, kernel_size: int) -> 
     gradient = 0.5 * (at(1) - at(-1))
     curvature = 1e-9 + 0.25 * (at(2) - 2 * at(0) + at(-2))
     return locations - gradient / curvature
-
-
-def _blur(vectors: np.ndarray, size: int) -> np.ndarray:
-    """MMPose's SimCC modulation: each vector blurred by OpenCV's Gaussian of ``size`` with zeros outside, then
-    scaled back to its maximum."""
-    radius = size // 2
-    padded = np.pad(vectors, ((0, 0), (0, 0), (radius, radius)))
-    blurred = sliding_window_view(padded, size, axis=-1) @ _opencv_kernel(size)
-    return blurred * (vectors.max(axis=-1) / blurred.max(axis=-1))[..., None]
