@@ -8,6 +8,7 @@ file, the record and what to do about it.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -295,8 +296,14 @@ class EncodedImage:
         self.where = where or f"image {path}"
         self.reduced = reduced
         self._full: np.ndarray | None = None
+        try:
+            self._encoded = self.path.read_bytes()  # read once: every decode and the header below use it
+        except FileNotFoundError:
+            raise DataError(f"{self.where}: not found; check the path") from None
+        except OSError as error:
+            raise self._undecodable(error) from None
         if reduced:  # the size from the header alone: the crop decides the scale
-            with self._pillow_call(Image.open, self.path) as opened:
+            with self._pillow_call(Image.open, io.BytesIO(self._encoded)) as opened:
                 width, height = opened.size
                 self._jpeg = opened.format == "JPEG"
             self.shape = (height, width, 3)
@@ -314,16 +321,13 @@ class EncodedImage:
             factor = max((f for f in (8, 4, 2) if f <= largest_factor), default=1)
         if factor == 1 and self._full is not None:
             return self._full, 1
-        try:
-            encoded = np.fromfile(self.path, dtype=np.uint8)
-        except FileNotFoundError:
-            raise DataError(f"{self.where}: not found; check the path") from None
-        except OSError as error:
-            raise self._undecodable(error) from None
-        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION | _REDUCED_GREY[factor]
-        pixels = cv2.imdecode(encoded, flags) if encoded.size else None
+        # With IMREAD_COLOR_RGB in the flags, OpenCV's reduced "grayscale" flags decode colour at that scale.
+        reduced = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+                   8: cv2.IMREAD_REDUCED_GRAYSCALE_8}[factor]
+        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION | reduced
+        pixels = cv2.imdecode(np.frombuffer(self._encoded, dtype=np.uint8), flags) if self._encoded else None
         if pixels is None:  # a format OpenCV does not read, or a broken file: Pillow's decoding or its reason
-            with self._pillow_call(Image.open, self.path) as opened:
+            with self._pillow_call(Image.open, io.BytesIO(self._encoded)) as opened:
                 pixels = np.array(self._pillow_call(opened.convert, "RGB"))  # writable, as OpenCV's
         if factor == 1:
             self._full = pixels
@@ -341,19 +345,12 @@ class EncodedImage:
     def _pillow_call(self, function: Any, *args: Any) -> Any:
         try:
             return function(*args)
-        except FileNotFoundError:
-            raise DataError(f"{self.where}: not found; check the path") from None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             raise self._undecodable(error) from None
 
     def _undecodable(self, error: Exception) -> DataError:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         return DataError(f"{self.where}: cannot be decoded ({reason}); replace the file with a valid image")
-
-
-# OpenCV's flag for a decode at 1 / factor of the size (its IMREAD_REDUCED_GRAYSCALE_<factor>; with
-# IMREAD_COLOR_RGB in the flags the pixels are colour).
-_REDUCED_GREY = {1: 0, 2: 16, 4: 32, 8: 64}
 
 
 def read_image(path: PathLike, where: str | None = None) -> np.ndarray:
