@@ -201,9 +201,9 @@ class TopDownTransform:
             matrix, order = self.crop_matrix(center, scale, 0.0, self.input_size), slice(None)
         image = warp_affine(record["image"], matrix, self.input_size)
         if augment:
-            photometric_rng = np.random.default_rng(int(rng.integers(2 ** 63)))
+            photometric_seed = int(rng.integers(2 ** 63))  # drawn either way: the stream stays the same
             if self.photometric is not None:
-                image = self.photometric(image, photometric_rng)
+                image = self.photometric(image, np.random.default_rng(photometric_seed))
         sample = {"img": normalise(image)}
         if self.train:
             sample.update(self.codec.encode(transform_points(keypoints[order], matrix), visible[order]))
