@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generator
 
 from posecore import hookimpl
@@ -54,12 +54,47 @@ def configure(config: dict[str, Any]) -> None:
 
 @dataclass
 class EmaState:
-    """The per-run state: the averaged copy of the model and the number of updates so far."""
+    """The per-run state: the averaged copy of the model, the number of updates so far, and ``pairs``."""
 
     steps: int = 0
     module: Any = None
-    averaged: dict[str, Any] = field(default_factory=dict)
-    """The module's tensors the rule blends (parameters, or its whole state_dict), by state_dict key."""
+    pairs: Pairs | None = None
+    """``module``'s tensors paired with the trained model's, taken at the first ``after_iter`` after ``module`` is
+    made (the trained tensors are the same objects all run: the optimizer and ``load_state_dict`` write into them),
+    and again should ``run.model`` become another module."""
+
+
+@dataclass
+class Pairs:
+    """Lists of the average's tensors and the trained model's ``source``'s, pairwise, each as (averages, trained)."""
+
+    source: Any
+    everything: tuple[list, list]
+    """Their whole state_dicts: copied before ``begin_iter``."""
+    first: tuple[list, list]
+    """What the rule averages (parameters, or the whole state_dict with ``update_buffers``): the first update copies
+    them."""
+    blend: tuple[list, list]
+    """Of ``first``, the floating-point tensors: later updates blend them."""
+    buffers: tuple[list, list]
+    """Without ``update_buffers``, the buffers: each update copies them."""
+
+
+def _pairs(module: Any, model: Any, update_buffers: bool) -> Pairs:
+    average, trained = module.state_dict(), model.state_dict()
+    everything = [(value, trained[key]) for key, value in average.items()]
+    if update_buffers:
+        first, buffers = everything, []
+    else:
+        parameters = dict(model.named_parameters())
+        first = [(value, parameters[key]) for key, value in module.named_parameters()]
+        buffers = list(zip(module.buffers(), model.buffers()))
+    blend = [pair for pair in first if pair[0].is_floating_point()]
+    return Pairs(model, *map(_unzip, (everything, first, blend, buffers)))
+
+
+def _unzip(pairs: list[tuple[Any, Any]]) -> tuple[list, list]:
+    return [average for average, _ in pairs], [trained for _, trained in pairs]
 
 
 @hookimpl
@@ -86,8 +121,7 @@ def before_train(run: Any) -> Generator[None, Any, Any]:
 def _make_average(run: Any) -> None:
     state: EmaState = run.plugin_data["ema"]
     state.module = copy.deepcopy(run.model).requires_grad_(False)
-    state.averaged = state.module.state_dict() if run.config["ema"]["update_buffers"] else \
-        dict(state.module.named_parameters())
+    state.pairs = None  # paired with the trained tensors at the next update
 
 
 @hookimpl
@@ -96,36 +130,43 @@ def after_iter(run: Any) -> None:
 
     state: EmaState = run.plugin_data["ema"]
     options = run.config["ema"]
+    if state.pairs is None or state.pairs.source is not run.model:
+        state.pairs = _pairs(state.module, run.model, options["update_buffers"])
+    pairs = state.pairs
     with torch.no_grad():
         if run.iteration < options["begin_iter"]:
-            state.module.load_state_dict(run.model.state_dict())
+            _copy(pairs.everything)
             return
-        update_buffers = options["update_buffers"]
-        trained = run.model.state_dict() if update_buffers else dict(run.model.named_parameters())
         if state.steps == 0:
-            for key, average in state.averaged.items():
-                average.copy_(trained[key])
+            _copy(pairs.first)
         elif state.steps % options["interval"] == 0:
-            _blend(state, trained, options)
-        if not update_buffers:
-            for average, source in zip(state.module.buffers(), run.model.buffers()):
-                average.copy_(source)
+            _blend(state, options)
+        _copy(pairs.buffers)
     state.steps += 1
 
 
-def _blend(state: EmaState, trained: dict[str, Any], options: dict[str, Any]) -> None:
-    """One averaging step, with MMEngine's tensor operations (so its very bits)."""
+def _copy(pairs: tuple[list, list]) -> None:
+    import torch
+
+    if pairs[0]:
+        torch._foreach_copy_(*pairs)
+
+
+def _blend(state: EmaState, options: dict[str, Any]) -> None:
+    """One averaging step, with MMEngine's tensor operations (``mul_``, ``add_``; ``lerp_``) in their foreach forms,
+    which give the same bits (each tensor's own op, on a CPU)."""
+    import torch
+
+    averages, trained = state.pairs.blend
+    if not averages:
+        return
     momentum = options["momentum"]
-    exponential = options["ema_type"] == "ExpMomentumEMA"
-    if exponential:
+    if options["ema_type"] == "ExpMomentumEMA":
         momentum = (1 - momentum) * math.exp(-(1 + state.steps) / options["gamma"]) + momentum
-    for key, average in state.averaged.items():
-        if not average.is_floating_point():
-            continue
-        if exponential:
-            average.mul_(1 - momentum).add_(trained[key], alpha=momentum)
-        else:
-            average.lerp_(trained[key], momentum)
+        torch._foreach_mul_(averages, 1 - momentum)
+        torch._foreach_add_(averages, trained, alpha=momentum)
+    else:
+        torch._foreach_lerp_(averages, trained, momentum)
 
 
 @hookimpl
